@@ -1,0 +1,181 @@
+"""Run one job's crew: build it fresh, report progress, return the report and usage.
+
+This is the only module that imports crewai. It runs in a worker thread, so
+everything it reports goes through the ``RunObserver`` the caller passes in.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+# crewai reads these at import: no telemetry or tracing calls home, no version
+# check, and its storage goes somewhere writable.
+os.environ["CREWAI_DISABLE_TELEMETRY"] = "true"
+os.environ["CREWAI_TRACING_ENABLED"] = "false"
+os.environ["CREWAI_DISABLE_VERSION_CHECK"] = "true"
+os.environ.setdefault("CREWAI_STORAGE_DIR", str(Path(tempfile.gettempdir()) / "agentfarm-crewai"))
+
+from crewai import LLM, Agent, Crew, Process, Task  # noqa: E402
+from crewai.hooks import register_before_llm_call_hook  # noqa: E402
+from crewai.hooks.llm_hooks import LLMCallHookContext  # noqa: E402
+from crewai.llms.base_llm import BaseLLM  # noqa: E402
+from crewai.tasks.task_output import TaskOutput  # noqa: E402
+from pydantic import BaseModel, Field  # noqa: E402
+
+from crews.demo_llm import DemoLLM  # noqa: E402
+from crews.llm import LLMConfig  # noqa: E402
+from crews.params import AnyParams  # noqa: E402
+from crews.registry import Kind, crew_inputs, load_prompts, plan_for, subject_of  # noqa: E402
+from crews.results import Report, Section, Usage  # noqa: E402
+
+# Progress spent before the first LLM call, and the part spread over the tasks.
+_START_PROGRESS = 5
+_TASKS_SHARE = 90
+
+
+class RunObserver(Protocol):
+    """What the caller learns while a crew runs (called from the crew's thread)."""
+
+    def on_progress(self, progress: int, stage: str) -> None: ...
+
+    def on_usage(self, usage: Usage) -> None: ...
+
+
+class CrewOutputError(Exception):
+    """The model's final answer did not fit the report schema."""
+
+
+class SectionDraft(BaseModel):
+    heading: str = Field(description="A short, informative section heading.")
+    body: str = Field(description="The section text, in markdown.")
+
+
+class ReportDraft(BaseModel):
+    """The final task's structured output."""
+
+    title: str = Field(description="A precise title for the report.")
+    summary: str = Field(description="Three to five sentences summarising the report.")
+    sections: list[SectionDraft] = Field(description="The report's sections, in reading order.")
+
+
+@dataclass
+class _Tracker:
+    """Maps crewai's callbacks of one run to progress; lives in a ContextVar."""
+
+    observer: RunObserver
+    tasks: list[Task]
+    max_iter: int
+    roles: dict[int, str] = field(default_factory=dict)
+
+    def before_llm_call(self, task: Any, iterations: int) -> None:
+        index = next((i for i, t in enumerate(self.tasks) if t is task), None)
+        if index is None:
+            return
+        within = min(iterations, self.max_iter) / (self.max_iter + 1)
+        stage = f"{self.roles.get(index, 'agent')}: {self.tasks[index].name}"
+        self.observer.on_progress(self._progress(index + within), stage)
+
+    def task_done(self, output: TaskOutput) -> None:
+        index = next((i for i, t in enumerate(self.tasks) if t.name == output.name), None)
+        if index is not None:
+            self.observer.on_progress(self._progress(index + 1), f"{self.roles.get(index, 'agent')}: done")
+
+    def _progress(self, tasks_done: float) -> int:
+        return _START_PROGRESS + int(_TASKS_SHARE * tasks_done / len(self.tasks))
+
+
+_current: ContextVar[_Tracker | None] = ContextVar("agentfarm_crew_run", default=None)
+
+
+def _before_llm_call(context: LLMCallHookContext) -> None:
+    """One hook for the whole process; each crew finds its own run in the context."""
+    tracker = _current.get()
+    if tracker is not None:
+        tracker.before_llm_call(context.task, context.iterations)
+
+
+register_before_llm_call_hook(_before_llm_call)
+
+
+def build_llm(config: LLMConfig, params: AnyParams) -> BaseLLM:
+    """A fresh LLM per job: crewai's usage counters are per instance."""
+    if config.is_demo:
+        return DemoLLM(subject=subject_of(params), language=params.language)
+    return LLM(
+        model=config.model,
+        base_url=config.base_url,
+        api_key=config.api_key,
+        timeout=config.timeout_s,
+        max_retries=2,
+    )
+
+
+def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObserver) -> Report:
+    """Build the job's crew, run it to the end and return its report.
+
+    Usage is handed to ``observer.on_usage`` whether the run succeeds or not:
+    tokens spent on a failed run are still spent.
+    """
+    prompts = load_prompts()
+    plan = plan_for(kind, params)
+    llm = build_llm(config, params)
+    max_iter = min(plan.max_iter, config.max_iter)
+    agents: dict[str, Agent] = {}
+    tasks: list[Task] = []
+    tracker = _Tracker(observer=observer, tasks=tasks, max_iter=max_iter)
+    for index, key in enumerate(plan.tasks):
+        prompt = prompts.tasks[key]
+        if prompt.agent not in agents:
+            agent_prompt = prompts.agents[prompt.agent]
+            agents[prompt.agent] = Agent(
+                role=agent_prompt.role,
+                goal=agent_prompt.goal,
+                backstory=agent_prompt.backstory,
+                llm=llm,
+                max_iter=max_iter,
+                allow_delegation=False,
+                verbose=False,
+            )
+        tracker.roles[index] = prompts.agents[prompt.agent].role
+        last = index == len(plan.tasks) - 1
+        tasks.append(
+            Task(
+                name=key,
+                description=prompt.description,
+                expected_output=prompt.expected_output,
+                agent=agents[prompt.agent],
+                output_pydantic=ReportDraft if last else None,
+                callback=tracker.task_done,
+            )
+        )
+    crew = Crew(agents=list(agents.values()), tasks=tasks, process=Process.sequential, verbose=False)
+    token = _current.set(tracker)
+    try:
+        observer.on_progress(_START_PROGRESS, "crew: starting")
+        output = crew.kickoff(inputs=crew_inputs(params))
+    finally:
+        _current.reset(token)
+        observer.on_usage(usage_of(llm, config))
+    draft = output.pydantic
+    if not isinstance(draft, ReportDraft):
+        raise CrewOutputError("the model's final answer did not match the report schema")
+    return Report.build(
+        title=draft.title,
+        summary=draft.summary,
+        sections=[Section(heading=s.heading, body=s.body) for s in draft.sections],
+    )
+
+
+def usage_of(llm: BaseLLM, config: LLMConfig) -> Usage:
+    summary = llm.get_token_usage_summary()
+    return Usage(
+        llm_calls=summary.successful_requests,
+        prompt_tokens=summary.prompt_tokens,
+        completion_tokens=summary.completion_tokens,
+        model=config.model_name,
+    )

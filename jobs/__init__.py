@@ -1,0 +1,1 @@
+"""Task state, queues, settings and the arq worker that runs crews."""

@@ -1,0 +1,86 @@
+"""Task state as stored in Redis and returned by the API, and its one set of transitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from crews.registry import Kind
+from crews.results import Report, Usage
+
+Status = Literal["queued", "running", "retrying", "completed", "failed", "cancelled"]
+TERMINAL: frozenset[Status] = frozenset({"completed", "failed", "cancelled"})
+
+# The only moves a task's status may make. ``running -> queued`` hands a task
+# back to the queue (worker shutdown, lost lease).
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    "queued": frozenset({"running", "cancelled", "failed"}),
+    "running": frozenset({"completed", "failed", "cancelled", "retrying", "queued"}),
+    "retrying": frozenset({"running", "cancelled", "failed"}),
+    "completed": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+
+
+class InvalidTransition(Exception):
+    """A status change that the task's lifecycle does not allow (a bug or a race lost)."""
+
+
+class TaskError(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a task failed: a stable type and a message a person can act on."""
+
+    type: str
+    message: str
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Task(msgspec.Struct, kw_only=True, frozen=True):
+    """A job and everything known about it. Fields added later must have defaults."""
+
+    id: str
+    kind: Kind
+    tenant: str
+    status: Status = "queued"
+    progress: int = 0
+    stage: str = "queued"
+    params: dict[str, Any]
+    attempt: int = 0
+    max_attempts: int = 1
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Report | None = None
+    error: TaskError | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    trace_id: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def to(self, status: Status, **changes: Any) -> Task:
+        """This task moved to ``status`` with ``changes`` applied, if the move is allowed."""
+        if status not in TRANSITIONS[self.status]:
+            raise InvalidTransition(f"task {self.id}: {self.status} -> {status} is not allowed")
+        now = utcnow()
+        if status in TERMINAL:
+            changes.setdefault("finished_at", now)
+        if status == "completed":
+            changes.setdefault("progress", 100)
+            changes.setdefault("stage", "completed")
+        return msgspec.structs.replace(self, status=status, updated_at=now, **changes)
+
+    def with_progress(self, progress: int, stage: str) -> Task:
+        """Progress only moves forward within an attempt; a finished task does not move."""
+        if self.status != "running":
+            return self
+        return msgspec.structs.replace(
+            self, progress=max(self.progress, min(progress, 99)), stage=stage, updated_at=utcnow()
+        )

@@ -1,0 +1,158 @@
+"""Task state in Redis: one key per task (with a TTL) and a per-tenant index.
+
+Every write of a task goes through ``update``, an optimistic transaction
+(WATCH/MULTI), so progress from a worker and a status change from elsewhere
+never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from crews.registry import Kind
+from jobs.models import Status, Task
+
+_PREFIX = "agentfarm"
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Task)
+
+
+def task_key(task_id: str) -> str:
+    return f"{_PREFIX}:task:{task_id}"
+
+
+def tenant_index_key(tenant: str) -> str:
+    return f"{_PREFIX}:tenant:{tenant}:tasks"
+
+
+class InvalidCursor(ValueError):
+    """A list cursor that this API did not hand out (or that was altered)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Task]
+    next_cursor: str | None
+
+
+def _encode_cursor(score: float, task_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{int(score)}:{task_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, _, task_id = raw.partition(":")
+        return int(score), task_id
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise InvalidCursor(cursor) from exc
+
+
+class TaskStore:
+    """Reads and writes tasks; shared by the API and the workers."""
+
+    def __init__(self, redis: Redis, ttl_s: int) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+
+    async def create(self, task: Task) -> None:
+        score = task.created_at.timestamp() * 1000
+        index = tenant_index_key(task.tenant)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(task_key(task.id), _encoder.encode(task), ex=self.ttl_s)
+            pipe.zadd(index, {task.id: score})
+            # Tasks expire with their key; drop index entries older than any live task.
+            pipe.zremrangebyscore(index, "-inf", (time.time() - self.ttl_s) * 1000)
+            pipe.expire(index, self.ttl_s)
+            await pipe.execute()
+
+    async def get(self, task_id: str) -> Task | None:
+        raw = await self.redis.get(task_key(task_id))
+        return None if raw is None else _decoder.decode(raw)
+
+    async def get_for(self, task_id: str, tenant: str) -> Task | None:
+        """The task if it exists and belongs to ``tenant``; otherwise ``None`` (never leak which)."""
+        task = await self.get(task_id)
+        return task if task is not None and task.tenant == tenant else None
+
+    async def update(self, task_id: str, change: Callable[[Task], Task]) -> Task | None:
+        """Apply ``change`` atomically; ``None`` when the task no longer exists.
+
+        ``change`` may be called more than once (after a lost race), so it must
+        be a pure function of the task it is given.
+        """
+        key = task_key(task_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    before = _decoder.decode(raw)
+                    after = change(before)
+                    if after is before:
+                        await pipe.unwatch()
+                        return before
+                    pipe.multi()
+                    pipe.set(key, _encoder.encode(after), keepttl=True)
+                    await pipe.execute()
+                    return after
+                except WatchError:
+                    continue
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        status: Status | None = None,
+        kind: Kind | None = None,
+    ) -> Page:
+        """The tenant's tasks, newest first, ``limit`` at a time."""
+        index = tenant_index_key(tenant)
+        max_score: float | str = "+inf"
+        after_id: str | None = None
+        if cursor:
+            max_score, after_id = _decode_cursor(cursor)
+        items: list[Task] = []
+        batch = max(limit * 2, 50)
+        while True:
+            rows = await self.redis.zrevrangebyscore(index, max_score, "-inf", start=0, num=batch, withscores=True)
+            if not rows:
+                return Page(items, None)
+            ids: list[str] = []
+            scores: dict[str, float] = {}
+            for member, score in rows:
+                task_id = member.decode() if isinstance(member, bytes) else str(member)
+                # Members of equal score come in reverse lexical order; skip up to the cursor.
+                if after_id is not None and score == max_score and task_id >= after_id:
+                    continue
+                ids.append(task_id)
+                scores[task_id] = score
+            if not ids:
+                if len(rows) < batch:
+                    return Page(items, None)
+                batch *= 2  # a run of equal scores longer than a batch: read further
+                continue
+            raws = await self.redis.mget([task_key(i) for i in ids])
+            for task_id, raw in zip(ids, raws, strict=True):
+                max_score, after_id = int(scores[task_id]), task_id
+                if raw is None:
+                    continue
+                task = _decoder.decode(raw)
+                if (status is None or task.status == status) and (kind is None or task.kind == kind):
+                    items.append(task)
+                    if len(items) == limit:
+                        return Page(items, _encode_cursor(max_score, task_id))
+            if len(rows) < batch:
+                return Page(items, None)

@@ -1,0 +1,72 @@
+"""Builds the Litestar application from settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from jobs.queue import deserialize, serialize
+from jobs.settings import Settings
+from jobs.store import TaskStore
+from service.auth import bearer_auth
+from service.errors import to_problem
+from service.health import HealthController
+from service.openapi import openapi_config
+from service.tasks import TaskController
+
+
+def app_version() -> str:
+    try:
+        return version("agentfarm")
+    except PackageNotFoundError:
+        return "0.0.0+local"
+
+
+def create_app(settings: Settings) -> Litestar:
+    """The API, configured by ``settings``; Redis is connected at start-up."""
+
+    @asynccontextmanager
+    async def redis_lifespan(app: Litestar) -> AsyncIterator[None]:
+        # arq's pool is a redis.asyncio client: it serves the queue and the task store.
+        pool = await create_pool(
+            RedisSettings.from_dsn(settings.redis_url),
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+            retry=0,
+        )
+        app.state.queue = pool
+        app.state.store = TaskStore(pool, settings.task_ttl_s)
+        try:
+            yield
+        finally:
+            await pool.aclose()
+
+    def provide_store(state: State) -> TaskStore:
+        store: TaskStore = state.store
+        return store
+
+    def provide_queue(state: State) -> ArqRedis:
+        queue: ArqRedis = state.queue
+        return queue
+
+    return Litestar(
+        route_handlers=[TaskController, HealthController],
+        dependencies={
+            "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+            "store": Provide(provide_store, sync_to_thread=False),
+            "queue": Provide(provide_queue, sync_to_thread=False),
+        },
+        lifespan=[redis_lifespan],
+        middleware=[bearer_auth(settings.api_keys)],
+        exception_handlers={Exception: to_problem},
+        openapi_config=openapi_config(app_version()),
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
+        request_max_body_size=settings.max_body_bytes,
+    )

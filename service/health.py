@@ -1,0 +1,40 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from arq.connections import ArqRedis
+from litestar import Controller, Response, get
+from redis.exceptions import RedisError
+
+from jobs.kinds import QUEUES
+from jobs.queue import live_workers, queue_depth
+from jobs.settings import Settings
+from service.schemas import Liveness, QueueHealth, Readiness
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+    security = [{}]
+
+    @get("/live", summary="Liveness", cache=False)
+    async def live(self) -> Liveness:
+        """The process is up and serving."""
+        return Liveness()
+
+    @get("/ready", summary="Readiness", cache=False, responses={})
+    async def ready(self, queue: ArqRedis, settings: Settings) -> Response[Readiness]:
+        """Redis is reachable (else 503); live workers and depth per queue ("degraded" when a queue has none)."""
+        try:
+            await queue.ping()
+            queues = {
+                q: QueueHealth(
+                    live_workers=await live_workers(queue, q, settings.worker_heartbeat_s),
+                    depth=await queue_depth(queue, q),
+                )
+                for q in QUEUES
+            }
+        except (RedisError, OSError):
+            return Response(Readiness(status="unavailable", redis="unreachable"), status_code=503)
+        status = "ready" if all(h.live_workers for h in queues.values()) else "degraded"
+        return Response(Readiness(status=status, redis="ok", queues=queues), status_code=200)
