@@ -15,10 +15,11 @@ from litestar.di import Provide
 from jobs.queue import deserialize, serialize
 from jobs.settings import Settings
 from jobs.store import TaskStore
+from service.access_log import access_log
 from service.auth import bearer_auth
 from service.errors import to_problem
 from service.health import HealthController
-from service.openapi import openapi_config
+from service.openapi import StrictStructSchemaPlugin, openapi_config
 from service.tasks import TaskController
 
 
@@ -64,9 +65,11 @@ def create_app(settings: Settings) -> Litestar:
             "queue": Provide(provide_queue, sync_to_thread=False),
         },
         lifespan=[redis_lifespan],
-        middleware=[bearer_auth(settings.api_keys)],
+        middleware=[access_log, bearer_auth(settings.api_keys)],
         exception_handlers={Exception: to_problem},
         openapi_config=openapi_config(app_version()),
+        plugins=[StrictStructSchemaPlugin()],
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         request_max_body_size=settings.max_body_bytes,
+        logging_config=None,  # logging is configured once, by service.logs
     )

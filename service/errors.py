@@ -18,7 +18,7 @@ from service.schemas import FieldProblem, Problem
 log = structlog.get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 
 
 class ApiError(Exception):
@@ -85,7 +85,7 @@ def _validation_errors(extra: Any) -> list[FieldProblem]:
     for item in items:
         if isinstance(item, dict):
             key = item.get("key")
-            unknown = _UNKNOWN_FIELD.search(str(item.get("message", "")))
+            unknown = _NAMED_FIELD.search(str(item.get("message", "")))
             if unknown:  # Litestar names the whole body ("data"); name the offending field instead
                 key = unknown.group(1)
             problems.append(FieldProblem(field=str(key) if key else None, message=str(item.get("message", "")),

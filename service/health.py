@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from arq.connections import ArqRedis
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from redis.exceptions import RedisError
 
 from jobs.kinds import QUEUES
@@ -23,7 +24,7 @@ class HealthController(Controller):
         return Liveness()
 
     @get("/ready", summary="Readiness", cache=False, responses={})
-    async def ready(self, queue: ArqRedis, settings: Settings) -> Response[Readiness]:
+    async def ready(self, queue: NamedDependency[ArqRedis], settings: NamedDependency[Settings]) -> Response[Readiness]:
         """Redis is reachable (else 503); live workers and depth per queue ("degraded" when a queue has none)."""
         try:
             await queue.ping()

@@ -6,7 +6,10 @@ from http import HTTPStatus
 
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar._openapi.schema_generation import SchemaCreator
+from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
+from litestar.openapi.spec import Components, Schema, SecurityScheme
+from litestar.typing import FieldDefinition
 
 from service.schemas import Problem
 
@@ -44,3 +47,17 @@ def openapi_config(version: str) -> OpenAPIConfig:
         render_plugins=[ScalarRenderPlugin()],
         path="/schema",
     )
+
+
+class StrictStructSchemaPlugin(StructSchemaPlugin):
+    """Says ``additionalProperties: false`` for structs that reject unknown fields.
+
+    Litestar's own struct plugin leaves it out, so generated clients would not
+    know that the API refuses fields it does not define.
+    """
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        if field_definition.type_.__struct_config__.forbid_unknown_fields:
+            schema.additional_properties = False
+        return schema

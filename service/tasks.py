@@ -10,7 +10,8 @@ import structlog
 from arq.connections import ArqRedis
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import ResponseHeader
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from crews.params import AnyParams, InvestmentParams, ResearchParams, SwotParams, TechnicalReviewParams
@@ -25,6 +26,10 @@ from service.schemas import TaskPage
 
 log = structlog.get_logger(__name__)
 
+Store = NamedDependency[TaskStore]
+Queue = NamedDependency[ArqRedis]
+Config = NamedDependency[Settings]
+
 _LOCATION = ResponseHeader(name="Location", description="URL of the new task.", documentation_only=True)
 _SUBMIT = {"status_code": HTTP_202_ACCEPTED, "response_headers": [_LOCATION],
            "responses": error_responses(400, 401, 413, 503)}
@@ -35,31 +40,31 @@ class TaskController(Controller):
     tags = ["tasks"]
 
     @post("/research", summary="Submit a research task", **_SUBMIT)
-    async def submit_research(self, request: Request[str, Any, Any], data: ResearchParams, store: TaskStore,
-                              queue: ArqRedis, settings: Settings) -> Response[Task]:
+    async def submit_research(self, request: Request[str, Any, Any], data: JSONBody[ResearchParams], store: Store,
+                              queue: Queue, settings: Config) -> Response[Task]:
         """Research a topic with a crew of the chosen type, depth and language."""
         return await _submit("research", data, request.user, store, queue, settings)
 
     @post("/swot", summary="Submit a SWOT analysis", **_SUBMIT)
-    async def submit_swot(self, request: Request[str, Any, Any], data: SwotParams, store: TaskStore,
-                          queue: ArqRedis, settings: Settings) -> Response[Task]:
+    async def submit_swot(self, request: Request[str, Any, Any], data: JSONBody[SwotParams], store: Store,
+        queue: Queue, settings: Config) -> Response[Task]:
         """Strengths, weaknesses, opportunities and threats of a company."""
         return await _submit("swot", data, request.user, store, queue, settings)
 
     @post("/investment", summary="Submit an investment analysis", **_SUBMIT)
-    async def submit_investment(self, request: Request[str, Any, Any], data: InvestmentParams, store: TaskStore,
-                                queue: ArqRedis, settings: Settings) -> Response[Task]:
+    async def submit_investment(self, request: Request[str, Any, Any], data: JSONBody[InvestmentParams], store: Store,
+        queue: Queue, settings: Config) -> Response[Task]:
         """A company judged as an investment over a horizon."""
         return await _submit("investment", data, request.user, store, queue, settings)
 
     @post("/technical-review", summary="Submit a technical review", **_SUBMIT)
-    async def submit_technical_review(self, request: Request[str, Any, Any], data: TechnicalReviewParams,
-                                      store: TaskStore, queue: ArqRedis, settings: Settings) -> Response[Task]:
+    async def submit_technical_review(self, request: Request[str, Any, Any], data: JSONBody[TechnicalReviewParams], store: Store,
+        queue: Queue, settings: Config) -> Response[Task]:
         """A review of a system, design or piece of code, with optional context."""
         return await _submit("technical_review", data, request.user, store, queue, settings)
 
     @get("/{task_id:str}", summary="Get a task", responses=error_responses(401, 404, 503))
-    async def get_task(self, request: Request[str, Any, Any], task_id: str, store: TaskStore) -> Task:
+    async def get_task(self, request: Request[str, Any, Any], task_id: FromPath[str], store: Store) -> Task:
         """The task's current state, progress, result and usage."""
         return await _owned(store, task_id, request.user)
 
@@ -67,11 +72,11 @@ class TaskController(Controller):
     async def list_tasks(
         self,
         request: Request[str, Any, Any],
-        store: TaskStore,
-        status: Status | None = None,
-        kind: Kind | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=100, description="Page size.")] = 20,
-        cursor: Annotated[str | None, Parameter(description="`next_cursor` of the previous page.")] = None,
+        store: Store,
+        status: Annotated[Status | None, QueryParameter(description="Only tasks in this status.")] = None,
+        kind: Annotated[Kind | None, QueryParameter(description="Only tasks of this kind.")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100, description="Page size.")] = 20,
+        cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")] = None,
     ) -> TaskPage:
         """The caller's tasks, newest first, optionally filtered by status and kind."""
         try:
@@ -89,7 +94,7 @@ class TaskController(Controller):
         },
         response_description="The report as markdown, or as JSON (`Report`) with `Accept: application/json`.",
     )
-    async def get_report(self, request: Request[str, Any, Any], task_id: str, store: TaskStore) -> Response[Any]:
+    async def get_report(self, request: Request[str, Any, Any], task_id: FromPath[str], store: Store) -> Response[Any]:
         """The finished report: markdown by default, the structured report with `Accept: application/json`."""
         task = await _owned(store, task_id, request.user)
         if task.result is None:

@@ -1,0 +1,130 @@
+"""Real parts for every test: a redis-server on a free port, a scripted LLM over HTTP, a worker process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+from redis import Redis
+
+from jobs.settings import Settings, load_settings
+from service.app import create_app
+from tests.support.llm_server import ScriptedLLM
+from tests.support.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+ACME_KEY = "acme-test-key-0001"
+BETA_KEY = "beta-test-key-0002"
+SCRIPTED_MODEL = "openai/scripted-model"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def llm_server() -> Iterator[ScriptedLLM]:
+    server = ScriptedLLM()
+    yield server
+    server.close()
+
+
+def service_env(redis_url: str, llm: ScriptedLLM | None, **extra: str) -> dict[str, str]:
+    """The environment of a service process under test (no .env, no network but localhost)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTFARM_", "OTEL_"))}
+    env.update(
+        AGENTFARM_REDIS_URL=redis_url,
+        AGENTFARM_API_KEYS=f"acme:{ACME_KEY},beta:{BETA_KEY}",
+        AGENTFARM_WORKER_CONCURRENCY="4",
+        AGENTFARM_WORKER_HEARTBEAT_S="0.5",
+        AGENTFARM_LOG_FORMAT="json",
+        NO_PROXY="127.0.0.1,localhost",
+        PYTHONUNBUFFERED="1",
+    )
+    if llm is not None:
+        env.update(AGENTFARM_LLM_MODEL=SCRIPTED_MODEL, AGENTFARM_LLM_BASE_URL=llm.base_url,
+                   AGENTFARM_LLM_API_KEY="scripted-key", AGENTFARM_LLM_TIMEOUT_S="20")
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """``agentfarm worker`` as a real child process."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *queues: str) -> None:
+        args = [sys.executable, "-m", "service.cli", "worker"]
+        for queue in queues:
+            args += ["--queue", queue]
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_started(self, redis_url: str, timeout_s: float = 60) -> None:
+        client = Redis.from_url(redis_url)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            if any(k for k in client.keys("agentfarm:workers:*") if client.zcard(k)):
+                client.close()
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker did not start: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def worker(redis_server: RedisServer, llm_server: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One worker process serving both queues, talking to the scripted LLM over HTTP."""
+    proc = WorkerProcess(service_env(redis_server.url, llm_server), tmp_path_factory.mktemp("worker") / "worker.log")
+    proc.wait_started(redis_server.url)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, llm_server: ScriptedLLM) -> Settings:
+    return load_settings(service_env(redis_server.url, llm_server), env_file=None)
+
+
+@pytest.fixture
+def clean_state(redis_server: RedisServer, llm_server: ScriptedLLM) -> Iterator[None]:
+    """Each test starts with no tasks and a default-behaving LLM."""
+    client = Redis.from_url(redis_server.url)
+    for pattern in ("agentfarm:task:*", "agentfarm:tenant:*"):
+        keys = list(client.scan_iter(pattern))
+        if keys:
+            client.delete(*keys)
+    client.close()
+    llm_server.reset()
+    yield
+    llm_server.reset()
+
+
+@pytest.fixture
+async def api(settings: Settings, clean_state: None) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """The real Litestar app, in process, against the test Redis."""
+    async with AsyncTestClient(create_app(settings)) as client:
+        yield client
+
+
+ACME = {"Authorization": f"Bearer {ACME_KEY}"}
+BETA = {"Authorization": f"Bearer {BETA_KEY}"}
