@@ -6,6 +6,7 @@ real model, so a newcomer sees the real flow; only the words are canned.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from crewai.llms.base_llm import BaseLLM
@@ -13,45 +14,54 @@ from pydantic import BaseModel
 
 from crews.llm import DEMO_MODEL
 
-_TEXT = {
-    "en": {
-        "notes": (
+
+@dataclass(frozen=True)
+class _Texts:
+    notes: str
+    title: str
+    summary: str
+    sections: tuple[tuple[str, str], ...]
+
+
+_TEXTS = {
+    "en": _Texts(
+        notes=(
             "Thought: I now can give a great answer\n"
             "Final Answer: Notes on {subject} (offline demo model, not a real analysis):\n"
             "- {subject} is the subject of this demo run.\n"
             "- A configured LLM would research it here; set AGENTFARM_LLM_MODEL to get one.\n"
             "- This step was done by the {role}."
         ),
-        "title": "{subject}: demo report",
-        "summary": (
+        title="{subject}: demo report",
+        summary=(
             "This report was written by the offline demo model, so it contains no real analysis "
             "of {subject}. Configure AGENTFARM_LLM_MODEL to have a real crew write it."
         ),
-        "sections": [
+        sections=(
             ("Overview", "The crew received the subject **{subject}** and ran every step of its plan."),
             ("Findings", "- Each agent's step ran through the real crew.\n- Usage was recorded per call."),
             ("Next steps", "Set `AGENTFARM_LLM_MODEL` (and a key) for real reports."),
-        ],
-    },
-    "ru": {
-        "notes": (
+        ),
+    ),
+    "ru": _Texts(
+        notes=(
             "Thought: I now can give a great answer\n"
             "Final Answer: Заметки по теме «{subject}» (офлайн-демомодель, не настоящий анализ):\n"
             "- Тема «{subject}» выбрана для демонстрационного запуска.\n"
             "- Настоящая модель провела бы здесь исследование; задайте AGENTFARM_LLM_MODEL.\n"
             "- Этот шаг выполнил агент «{role}»."
         ),
-        "title": "{subject}: демонстрационный отчёт",
-        "summary": (
+        title="{subject}: демонстрационный отчёт",
+        summary=(
             "Этот отчёт написан офлайн-демомоделью, поэтому в нём нет настоящего анализа темы "
             "«{subject}». Задайте AGENTFARM_LLM_MODEL, чтобы отчёт написала настоящая команда агентов."
         ),
-        "sections": [
+        sections=(
             ("Обзор", "Команда получила тему **{subject}** и выполнила все шаги своего плана."),
             ("Выводы", "- Каждый шаг агента прошёл через настоящую команду.\n- Расход токенов учтён."),
             ("Что дальше", "Задайте `AGENTFARM_LLM_MODEL` (и ключ), чтобы получать настоящие отчёты."),
-        ],
-    },
+        ),
+    ),
 }
 
 
@@ -62,7 +72,9 @@ class DemoLLM(BaseLLM):
     language: str = "en"
 
     def __init__(self, *, subject: str, language: str) -> None:
-        super().__init__(model=DEMO_MODEL, provider="agentfarm", subject=subject, language=language)
+        super().__init__(model=DEMO_MODEL, provider="agentfarm")
+        self.subject = subject
+        self.language = language
 
     def call(
         self,
@@ -74,23 +86,21 @@ class DemoLLM(BaseLLM):
         from_agent: Any = None,
         response_model: type[BaseModel] | None = None,
     ) -> str | Any:
-        text = _TEXT.get(self.language, _TEXT["en"])
+        text = _TEXTS.get(self.language, _TEXTS["en"])
         role = getattr(from_agent, "role", "agent")
-        answer: str | BaseModel
         if response_model is not None:
-            answer = response_model.model_validate(
+            report = response_model.model_validate(
                 {
-                    "title": text["title"].format(subject=self.subject),
-                    "summary": text["summary"].format(subject=self.subject),
-                    "sections": [
-                        {"heading": h, "body": b.format(subject=self.subject)} for h, b in text["sections"]
-                    ],
+                    "title": text.title.format(subject=self.subject),
+                    "summary": text.summary.format(subject=self.subject),
+                    "sections": [{"heading": h, "body": b.format(subject=self.subject)} for h, b in text.sections],
                 }
             )
-            completion = answer.model_dump_json()
+            answer: str | BaseModel = report
+            completion = report.model_dump_json()
         else:
-            answer = text["notes"].format(subject=self.subject, role=role)
-            completion = answer
+            completion = text.notes.format(subject=self.subject, role=role)
+            answer = completion
         prompt = messages if isinstance(messages, str) else " ".join(str(m.get("content", "")) for m in messages)
         self._track_token_usage_internal(
             {"prompt_tokens": len(prompt.split()), "completion_tokens": len(completion.split())}

@@ -79,12 +79,8 @@ _RESEARCHER_TASK = {"general": "research_topic", "academic": "research_literatur
 
 _FIXED_PLANS: dict[str, CrewPlan] = {
     "swot": CrewPlan(tasks=("swot_research", "swot_analysis", "write_swot_report"), max_iter=3),
-    "investment": CrewPlan(
-        tasks=("investment_research", "investment_analysis", "write_investment_report"), max_iter=3
-    ),
-    "technical_review": CrewPlan(
-        tasks=("technical_review", "technical_risks", "write_technical_report"), max_iter=3
-    ),
+    "investment": CrewPlan(tasks=("investment_research", "investment_analysis", "write_investment_report"), max_iter=3),
+    "technical_review": CrewPlan(tasks=("technical_review", "technical_risks", "write_technical_report"), max_iter=3),
 }
 
 

@@ -20,18 +20,19 @@ os.environ["CREWAI_TRACING_ENABLED"] = "false"
 os.environ["CREWAI_DISABLE_VERSION_CHECK"] = "true"
 os.environ.setdefault("CREWAI_STORAGE_DIR", str(Path(tempfile.gettempdir()) / "agentfarm-crewai"))
 
-from crewai import LLM, Agent, Crew, Process, Task  # noqa: E402
-from crewai.hooks import register_before_llm_call_hook  # noqa: E402
-from crewai.hooks.llm_hooks import LLMCallHookContext  # noqa: E402
-from crewai.llms.base_llm import BaseLLM  # noqa: E402
-from crewai.tasks.task_output import TaskOutput  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
+from crewai import LLM, Agent, Crew, Process, Task
+from crewai.crews.crew_output import CrewOutput
+from crewai.hooks import register_before_llm_call_hook
+from crewai.hooks.llm_hooks import LLMCallHookContext
+from crewai.llms.base_llm import BaseLLM
+from crewai.tasks.task_output import TaskOutput
+from pydantic import BaseModel, Field
 
-from crews.demo_llm import DemoLLM  # noqa: E402
-from crews.llm import LLMConfig  # noqa: E402
-from crews.params import AnyParams  # noqa: E402
-from crews.registry import Kind, crew_inputs, load_prompts, plan_for, subject_of  # noqa: E402
-from crews.results import Report, Section, Usage  # noqa: E402
+from crews.demo_llm import DemoLLM
+from crews.llm import LLMConfig
+from crews.params import AnyParams
+from crews.registry import Kind, crew_inputs, load_prompts, plan_for, subject_of
+from crews.results import Report, Section, Usage
 
 # Progress spent before the first LLM call, and the part spread over the tasks.
 _START_PROGRESS = 5
@@ -161,7 +162,7 @@ def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObse
     finally:
         _current.reset(token)
         observer.on_usage(usage_of(llm, config))
-    draft = output.pydantic
+    draft = output.pydantic if isinstance(output, CrewOutput) else None
     if not isinstance(draft, ReportDraft):
         raise CrewOutputError("the model's final answer did not match the report schema")
     return Report.build(

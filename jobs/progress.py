@@ -8,6 +8,7 @@ import threading
 import structlog
 
 from crews.results import Usage
+from jobs.models import Task
 from jobs.store import TaskStore
 
 log = structlog.get_logger(__name__)
@@ -53,7 +54,11 @@ class ProgressReporter:
             if pending is None:
                 return
             progress, stage = pending
+
+            def advance(task: Task, progress: int = progress, stage: str = stage) -> Task:
+                return task.with_progress(progress, stage)
+
             try:
-                await self._store.update(self._task_id, lambda t: t.with_progress(progress, stage))
+                await self._store.update(self._task_id, advance)
             except Exception:  # progress is best effort; the final state is written elsewhere
                 log.warning("progress_write_failed", task_id=self._task_id, exc_info=True)

@@ -95,7 +95,9 @@ DEFAULT_POLICIES: dict[Kind, KindPolicy] = {
     "research": KindPolicy(
         rate_limit=RateLimit(10, 60), max_attempts=4, retry_backoff_s=60, soft_timeout_s=780, timeout_s=900
     ),
-    "swot": KindPolicy(rate_limit=RateLimit(5, 60), max_attempts=3, retry_backoff_s=30, soft_timeout_s=480, timeout_s=600),
+    "swot": KindPolicy(
+        rate_limit=RateLimit(5, 60), max_attempts=3, retry_backoff_s=30, soft_timeout_s=480, timeout_s=600
+    ),
     "investment": KindPolicy(
         rate_limit=RateLimit(5, 60), max_attempts=3, retry_backoff_s=30, soft_timeout_s=480, timeout_s=600
     ),
@@ -196,7 +198,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     for kind, default in DEFAULT_POLICIES.items():
         prefix = f"AGENTFARM_{kind.upper()}_"
         policy = KindPolicy(
-            rate_limit=r.get(prefix + "RATE_LIMIT", default.rate_limit, _rate, "N/second|minute|hour|day, e.g. 10/minute"),
+            rate_limit=r.get(
+                prefix + "RATE_LIMIT", default.rate_limit, _rate, "N/second|minute|hour|day, e.g. 10/minute"
+            ),
             max_attempts=r.get(prefix + "MAX_ATTEMPTS", default.max_attempts, _positive_int, whole),
             retry_backoff_s=r.get(prefix + "RETRY_BACKOFF_S", default.retry_backoff_s, _positive_float, seconds),
             soft_timeout_s=r.get(prefix + "SOFT_TIMEOUT_S", default.soft_timeout_s, _positive_float, seconds),
@@ -215,18 +219,37 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         max_iter=r.get("AGENTFARM_LLM_MAX_ITER", LLMConfig().max_iter, _bounded_int(1, 25), "a whole number 1-25"),
     )
     settings = Settings(
-        redis_url=r.get("AGENTFARM_REDIS_URL", defaults.redis_url, _redis_url, "a redis://, rediss:// or unix:// URL", secret=True),
-        api_keys=r.get("AGENTFARM_API_KEYS", (), _api_keys, "comma-separated tenant:key pairs, keys of 8+ characters, each key once", secret=True),
+        redis_url=r.get(
+            "AGENTFARM_REDIS_URL", defaults.redis_url, _redis_url, "a redis://, rediss:// or unix:// URL", secret=True
+        ),
+        api_keys=r.get(
+            "AGENTFARM_API_KEYS",
+            (),
+            _api_keys,
+            "comma-separated tenant:key pairs, keys of 8+ characters, each key once",
+            secret=True,
+        ),
         llm=llm,
         cors_origins=r.get("AGENTFARM_CORS_ORIGINS", (), _csv, "comma-separated origins"),
         task_ttl_s=r.get("AGENTFARM_TASK_TTL_S", defaults.task_ttl_s, _positive_int, whole),
         max_body_bytes=r.get("AGENTFARM_MAX_BODY_BYTES", defaults.max_body_bytes, _positive_int, whole),
         kinds=kinds,
-        worker_concurrency=r.get("AGENTFARM_WORKER_CONCURRENCY", defaults.worker_concurrency, _bounded_int(1, 256), "a whole number 1-256"),
-        worker_poll_delay_s=r.get("AGENTFARM_WORKER_POLL_DELAY_S", defaults.worker_poll_delay_s, _positive_float, seconds),
+        worker_concurrency=r.get(
+            "AGENTFARM_WORKER_CONCURRENCY", defaults.worker_concurrency, _bounded_int(1, 256), "a whole number 1-256"
+        ),
+        worker_poll_delay_s=r.get(
+            "AGENTFARM_WORKER_POLL_DELAY_S", defaults.worker_poll_delay_s, _positive_float, seconds
+        ),
         worker_heartbeat_s=r.get("AGENTFARM_WORKER_HEARTBEAT_S", defaults.worker_heartbeat_s, _positive_float, seconds),
-        log_level=r.get("AGENTFARM_LOG_LEVEL", defaults.log_level, _choice("debug", "info", "warning", "error"), "debug|info|warning|error").upper(),
-        log_format=r.get("AGENTFARM_LOG_FORMAT", defaults.log_format, _choice("auto", "json", "console"), "auto|json|console"),
+        log_level=r.get(
+            "AGENTFARM_LOG_LEVEL",
+            defaults.log_level,
+            _choice("debug", "info", "warning", "error"),
+            "debug|info|warning|error",
+        ).upper(),
+        log_format=r.get(
+            "AGENTFARM_LOG_FORMAT", defaults.log_format, _choice("auto", "json", "console"), "auto|json|console"
+        ),
     )
     if r.problems:
         raise SettingsError(r.problems)

@@ -100,14 +100,14 @@ class TaskStore:
                     before = _decoder.decode(raw)
                     after = change(before)
                     if after is before:
-                        await pipe.unwatch()
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return before
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, _encoder.encode(after), keepttl=True)
                     await pipe.execute()
-                    return after
                 except WatchError:
-                    continue
+                    continue  # someone else wrote the task meanwhile: re-read and re-apply
+                return after
 
     async def list(
         self,

@@ -115,30 +115,48 @@ async def _run(runtime: WorkerRuntime, task: Task, attempt: int) -> None:
     loop = asyncio.get_running_loop()
     reporter = ProgressReporter(loop, store, task.id)
     context = contextvars.copy_context()
-    future = loop.run_in_executor(runtime.pool, context.run, run_crew, task.kind, params, runtime.settings.llm, reporter)
+    future = loop.run_in_executor(
+        runtime.pool, context.run, run_crew, task.kind, params, runtime.settings.llm, reporter
+    )
     try:
         report = await asyncio.wait_for(future, timeout=policy.timeout_s)
     except TimeoutError:
-        await _finish_failed(runtime, task.id, reporter, TaskError(
-            type="timeout", message=f"the crew did not finish within {policy.timeout_s:g} s"
-        ), started)
+        await _finish_failed(
+            runtime,
+            task.id,
+            reporter,
+            TaskError(type="timeout", message=f"the crew did not finish within {policy.timeout_s:g} s"),
+            started,
+        )
         return
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the crew raised, the task fails with it recorded
         await _finish_failed(runtime, task.id, reporter, _task_error(exc, runtime.settings.llm), started)
         return
     await reporter.flush()
     await store.update(task.id, lambda t: t.to("completed", result=report, usage=reporter.usage))
-    log.info("task_finished", status="completed", duration_s=round(time.monotonic() - started, 3),
-             llm_calls=reporter.usage.llm_calls, model=reporter.usage.model)
+    log.info(
+        "task_finished",
+        status="completed",
+        duration_s=round(time.monotonic() - started, 3),
+        llm_calls=reporter.usage.llm_calls,
+        model=reporter.usage.model,
+    )
 
 
 async def _finish_failed(
     runtime: WorkerRuntime, task_id: str, reporter: ProgressReporter, error: TaskError, started: float
 ) -> None:
     await reporter.flush()
-    await runtime.store.update(task_id, lambda t: t if t.finished else t.to("failed", error=error, usage=reporter.usage))
-    log.warning("task_finished", status="failed", error_type=error.type, error=error.message,
-                duration_s=round(time.monotonic() - started, 3))
+    await runtime.store.update(
+        task_id, lambda t: t if t.finished else t.to("failed", error=error, usage=reporter.usage)
+    )
+    log.warning(
+        "task_finished",
+        status="failed",
+        error_type=error.type,
+        error=error.message,
+        duration_s=round(time.monotonic() - started, 3),
+    )
 
 
 def _task_error(exc: BaseException, llm: LLMConfig) -> TaskError:
@@ -147,7 +165,9 @@ def _task_error(exc: BaseException, llm: LLMConfig) -> TaskError:
     return TaskError(type=type(exc).__name__, message=f"{message} (model {llm.model_name})")
 
 
-def build_workers(settings: Settings, queues: tuple[Queue, ...], runtime: WorkerRuntime, *, burst: bool = False) -> list[Worker]:
+def build_workers(
+    settings: Settings, queues: tuple[Queue, ...], runtime: WorkerRuntime, *, burst: bool = False
+) -> list[Worker]:
     """An arq ``Worker`` per queue, all sharing ``runtime``."""
     redis_settings = RedisSettings.from_dsn(settings.redis_url)
     workers = []
@@ -156,7 +176,14 @@ def build_workers(settings: Settings, queues: tuple[Queue, ...], runtime: Worker
         timeout = max(settings.policy(k).timeout_s for k in kinds) + 60
         workers.append(
             Worker(
-                functions=[func(run_task, name=JOB_FUNCTION, timeout=timeout, max_tries=max(settings.policy(k).max_attempts for k in kinds) + 2)],
+                functions=[
+                    func(
+                        run_task,
+                        name=JOB_FUNCTION,
+                        timeout=timeout,
+                        max_tries=max(settings.policy(k).max_attempts for k in kinds) + 2,
+                    )
+                ],
                 queue_name=queue_key(queue),
                 redis_settings=redis_settings,
                 burst=burst,
@@ -184,13 +211,19 @@ async def serve(settings: Settings, queues: tuple[Queue, ...], *, burst: bool = 
     def stop(signum: int) -> None:
         log.info("worker_stopping", signal=signal.Signals(signum).name)
         for worker in workers:
-            worker.handle_sig(signum)
+            worker.handle_sig(signal.Signals(signum))
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop, signum)
     await runtime.start()
-    log.info("worker_started", queues=list(queues), concurrency=settings.worker_concurrency,
-             model=settings.llm.model_name, demo_model=settings.llm.is_demo, worker_id=runtime.worker_id)
+    log.info(
+        "worker_started",
+        queues=list(queues),
+        concurrency=settings.worker_concurrency,
+        model=settings.llm.model_name,
+        demo_model=settings.llm.is_demo,
+        worker_id=runtime.worker_id,
+    )
     try:
         await asyncio.gather(*(w.async_run() for w in workers), return_exceptions=True)
     finally:

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import structlog
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("agentfarm.http")
@@ -15,7 +16,7 @@ _SKIP = ("/health/", "/metrics")
 
 def access_log(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(_SKIP):
+        if scope["type"] != ScopeType.HTTP or scope["path"].startswith(_SKIP):
             await app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -31,7 +32,7 @@ def access_log(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_wrapper)
         finally:
             fields: dict[str, Any] = {
-                "method": scope["method"],
+                "method": scope.get("method", ""),
                 "path": scope["path"],
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),

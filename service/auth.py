@@ -42,7 +42,9 @@ class BearerKeyMiddleware(AbstractAuthenticationMiddleware):
             )
         tenant = tenant_for(self.keys, presented.strip())
         if tenant is None:
-            raise NotAuthorizedException("invalid API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise NotAuthorizedException(
+                "invalid API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
         return AuthenticationResult(user=tenant, auth=None)
 
 

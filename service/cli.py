@@ -59,8 +59,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        log.info("api_starting", bind=config.bind, model=settings.llm.model_name, demo_model=settings.llm.is_demo,
-                 tenants=sorted({k.tenant for k in settings.api_keys}))
+        log.info(
+            "api_starting",
+            bind=config.bind,
+            model=settings.llm.model_name,
+            demo_model=settings.llm.is_demo,
+            tenants=sorted({k.tenant for k in settings.api_keys}),
+        )
         if not settings.api_keys:
             log.warning("no_api_keys", hint="set AGENTFARM_API_KEYS=tenant:key; every request will get 401")
         await serve(create_app(settings), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
@@ -72,8 +77,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings.llm.is_demo:
-        log.warning("demo_model", model=settings.llm.model_name,
-                    hint="no AGENTFARM_LLM_MODEL set: reports come from the built-in offline demo model")
+        log.warning(
+            "demo_model",
+            model=settings.llm.model_name,
+            hint="no AGENTFARM_LLM_MODEL set: reports come from the built-in offline demo model",
+        )
     from jobs.worker import serve  # imports crewai: only worker processes pay for it
 
     queues: tuple[Queue, ...] = tuple(dict.fromkeys(args.queue or QUEUES))
@@ -89,11 +97,24 @@ def cmd_dev(args: argparse.Namespace) -> int:
     children: list[subprocess.Popen[bytes]] = []
     if not env.get("AGENTFARM_REDIS_URL"):
         (run_dir / "redis").mkdir(exist_ok=True)
-        children.append(subprocess.Popen(
-            ["redis-server", "--port", str(args.redis_port), "--bind", "127.0.0.1", "--dir", str(run_dir / "redis"),
-             "--appendonly", "yes", "--maxmemory-policy", "noeviction"],
-            stdout=subprocess.DEVNULL,
-        ))
+        children.append(
+            subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(args.redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(run_dir / "redis"),
+                    "--appendonly",
+                    "yes",
+                    "--maxmemory-policy",
+                    "noeviction",
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+        )
         env["AGENTFARM_REDIS_URL"] = f"redis://127.0.0.1:{args.redis_port}/0"
     key_file = run_dir / "dev-api-key"
     if not env.get("AGENTFARM_API_KEYS"):
@@ -121,10 +142,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
             return 1
         while all(c.poll() is None for c in children):
             time.sleep(0.5)
-        print("agentfarm dev: a process exited; stopping the others", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 0
+    else:
+        print("agentfarm dev: a process exited; stopping the others", file=sys.stderr)
+        return 1
     finally:
         _stop(children)
 
@@ -178,8 +200,9 @@ def _client() -> httpx.Client:
     if not key:
         print("agentfarm: set AGENTFARM_API_KEY to your API key", file=sys.stderr)
         raise SystemExit(2)
-    return httpx.Client(base_url=os.environ.get("AGENTFARM_URL", DEFAULT_URL),
-                        headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return httpx.Client(
+        base_url=os.environ.get("AGENTFARM_URL", DEFAULT_URL), headers={"Authorization": f"Bearer {key}"}, timeout=30
+    )
 
 
 def _check(response: httpx.Response) -> Any:

@@ -27,7 +27,9 @@ class ApiError(Exception):
     status = 500
     title = "Internal Server Error"
 
-    def __init__(self, detail: str, *, errors: list[FieldProblem] | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, detail: str, *, errors: list[FieldProblem] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
@@ -69,8 +71,13 @@ class DependencyDown(ApiError):
     title = "Service Unavailable"
 
 
-def _problem(status: int, title: str, detail: str, errors: list[FieldProblem] | None = None,
-             headers: dict[str, str] | None = None) -> Response[Problem]:
+def _problem(
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[FieldProblem] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Problem]:
     return Response(
         Problem(title=title, status=status, detail=detail, errors=errors),
         status_code=status,
@@ -88,8 +95,13 @@ def _validation_errors(extra: Any) -> list[FieldProblem]:
             unknown = _NAMED_FIELD.search(str(item.get("message", "")))
             if unknown:  # Litestar names the whole body ("data"); name the offending field instead
                 key = unknown.group(1)
-            problems.append(FieldProblem(field=str(key) if key else None, message=str(item.get("message", "")),
-                                         source=str(item["source"]) if item.get("source") else None))
+            problems.append(
+                FieldProblem(
+                    field=str(key) if key else None,
+                    message=str(item.get("message", "")),
+                    source=str(item["source"]) if item.get("source") else None,
+                )
+            )
     return problems
 
 
@@ -105,10 +117,16 @@ def to_problem(request: Request[Any, Any, Any], exc: Exception) -> Response[Prob
         return _problem(exc.status_code, _reason(exc.status_code), exc.detail, None, exc.headers)
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
         log.error("redis_unavailable", path=request.url.path, error=str(exc))
-        return _problem(503, "Service Unavailable", "the task store (Redis) is unreachable; retry shortly",
-                        headers={"Retry-After": "5"})
+        return _problem(
+            503,
+            "Service Unavailable",
+            "the task store (Redis) is unreachable; retry shortly",
+            headers={"Retry-After": "5"},
+        )
     log.exception("unhandled_error", path=request.url.path)
-    return _problem(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error", "an unexpected error occurred; it was logged")
+    return _problem(
+        HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error", "an unexpected error occurred; it was logged"
+    )
 
 
 def _reason(status: int) -> str:
@@ -116,5 +134,3 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
-
-

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from arq.connections import ArqRedis
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
@@ -15,8 +17,8 @@ from service.schemas import Liveness, QueueHealth, Readiness
 
 class HealthController(Controller):
     path = "/health"
-    tags = ["health"]
-    security = [{}]
+    tags = ("health",)
+    security = ({},)  # probes need no API key
 
     @get("/live", summary="Liveness", cache=False)
     async def live(self) -> Liveness:
@@ -28,7 +30,7 @@ class HealthController(Controller):
         """Redis is reachable (else 503); live workers and depth per queue ("degraded" when a queue has none)."""
         try:
             await queue.ping()
-            queues = {
+            queues: dict[str, QueueHealth] = {
                 q: QueueHealth(
                     live_workers=await live_workers(queue, q, settings.worker_heartbeat_s),
                     depth=await queue_depth(queue, q),
@@ -37,5 +39,5 @@ class HealthController(Controller):
             }
         except (RedisError, OSError):
             return Response(Readiness(status="unavailable", redis="unreachable"), status_code=503)
-        status = "ready" if all(h.live_workers for h in queues.values()) else "degraded"
+        status: Literal["ready", "degraded"] = "ready" if all(h.live_workers for h in queues.values()) else "degraded"
         return Response(Readiness(status=status, redis="ok", queues=queues), status_code=200)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from litestar._openapi.schema_generation import SchemaCreator
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
-from litestar._openapi.schema_generation import SchemaCreator
-from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
 from litestar.openapi.spec import Components, Schema, SecurityScheme
 from litestar.typing import FieldDefinition
 

@@ -31,35 +31,62 @@ Queue = NamedDependency[ArqRedis]
 Config = NamedDependency[Settings]
 
 _LOCATION = ResponseHeader(name="Location", description="URL of the new task.", documentation_only=True)
-_SUBMIT = {"status_code": HTTP_202_ACCEPTED, "response_headers": [_LOCATION],
-           "responses": error_responses(400, 401, 413, 503)}
+
+
+def _submit_route(path: str, summary: str) -> post:
+    return post(
+        path,
+        summary=summary,
+        status_code=HTTP_202_ACCEPTED,
+        response_headers=[_LOCATION],
+        responses=error_responses(400, 401, 413, 503),
+    )
 
 
 class TaskController(Controller):
     path = "/v1/tasks"
-    tags = ["tasks"]
+    tags = ("tasks",)
 
-    @post("/research", summary="Submit a research task", **_SUBMIT)
-    async def submit_research(self, request: Request[str, Any, Any], data: JSONBody[ResearchParams], store: Store,
-                              queue: Queue, settings: Config) -> Response[Task]:
+    @_submit_route("/research", "Submit a research task")
+    async def submit_research(
+        self,
+        request: Request[str, Any, Any],
+        data: JSONBody[ResearchParams],
+        store: Store,
+        queue: Queue,
+        settings: Config,
+    ) -> Response[Task]:
         """Research a topic with a crew of the chosen type, depth and language."""
         return await _submit("research", data, request.user, store, queue, settings)
 
-    @post("/swot", summary="Submit a SWOT analysis", **_SUBMIT)
-    async def submit_swot(self, request: Request[str, Any, Any], data: JSONBody[SwotParams], store: Store,
-        queue: Queue, settings: Config) -> Response[Task]:
+    @_submit_route("/swot", "Submit a SWOT analysis")
+    async def submit_swot(
+        self, request: Request[str, Any, Any], data: JSONBody[SwotParams], store: Store, queue: Queue, settings: Config
+    ) -> Response[Task]:
         """Strengths, weaknesses, opportunities and threats of a company."""
         return await _submit("swot", data, request.user, store, queue, settings)
 
-    @post("/investment", summary="Submit an investment analysis", **_SUBMIT)
-    async def submit_investment(self, request: Request[str, Any, Any], data: JSONBody[InvestmentParams], store: Store,
-        queue: Queue, settings: Config) -> Response[Task]:
+    @_submit_route("/investment", "Submit an investment analysis")
+    async def submit_investment(
+        self,
+        request: Request[str, Any, Any],
+        data: JSONBody[InvestmentParams],
+        store: Store,
+        queue: Queue,
+        settings: Config,
+    ) -> Response[Task]:
         """A company judged as an investment over a horizon."""
         return await _submit("investment", data, request.user, store, queue, settings)
 
-    @post("/technical-review", summary="Submit a technical review", **_SUBMIT)
-    async def submit_technical_review(self, request: Request[str, Any, Any], data: JSONBody[TechnicalReviewParams], store: Store,
-        queue: Queue, settings: Config) -> Response[Task]:
+    @_submit_route("/technical-review", "Submit a technical review")
+    async def submit_technical_review(
+        self,
+        request: Request[str, Any, Any],
+        data: JSONBody[TechnicalReviewParams],
+        store: Store,
+        queue: Queue,
+        settings: Config,
+    ) -> Response[Task]:
         """A review of a system, design or piece of code, with optional context."""
         return await _submit("technical_review", data, request.user, store, queue, settings)
 
@@ -99,7 +126,10 @@ class TaskController(Controller):
         task = await _owned(store, task_id, request.user)
         if task.result is None:
             raise Conflict(f"task {task.id} is {task.status}; its report exists once it is completed")
-        if request.accept.best_match(["text/markdown", "application/json"], default="text/markdown") == "application/json":
+        if (
+            request.accept.best_match(["text/markdown", "application/json"], default="text/markdown")
+            == "application/json"
+        ):
             return Response(task.result, media_type="application/json")
         return Response(task.result.markdown, media_type="text/markdown; charset=utf-8")
 
@@ -119,8 +149,9 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-async def _submit(kind: Kind, params: AnyParams, tenant: str, store: TaskStore, queue: ArqRedis,
-                  settings: Settings) -> Response[Task]:
+async def _submit(
+    kind: Kind, params: AnyParams, tenant: str, store: TaskStore, queue: ArqRedis, settings: Settings
+) -> Response[Task]:
     now = utcnow()
     task = Task(
         id=str(uuid.uuid4()),

@@ -52,8 +52,12 @@ def service_env(redis_url: str, llm: ScriptedLLM | None, **extra: str) -> dict[s
         PYTHONUNBUFFERED="1",
     )
     if llm is not None:
-        env.update(AGENTFARM_LLM_MODEL=SCRIPTED_MODEL, AGENTFARM_LLM_BASE_URL=llm.base_url,
-                   AGENTFARM_LLM_API_KEY="scripted-key", AGENTFARM_LLM_TIMEOUT_S="20")
+        env.update(
+            AGENTFARM_LLM_MODEL=SCRIPTED_MODEL,
+            AGENTFARM_LLM_BASE_URL=llm.base_url,
+            AGENTFARM_LLM_API_KEY="scripted-key",
+            AGENTFARM_LLM_TIMEOUT_S="20",
+        )
     env.update(extra)
     return env
 
@@ -92,7 +96,9 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
-def worker(redis_server: RedisServer, llm_server: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def worker(
+    redis_server: RedisServer, llm_server: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
     """One worker process serving both queues, talking to the scripted LLM over HTTP."""
     proc = WorkerProcess(service_env(redis_server.url, llm_server), tmp_path_factory.mktemp("worker") / "worker.log")
     proc.wait_started(redis_server.url)

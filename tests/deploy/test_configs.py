@@ -125,9 +125,7 @@ def unknown_metrics(names: set[str]) -> set[str]:
     for name in names:
         if name in KNOWN_METRICS:
             continue
-        base = next(
-            (name[: -len(s)] for s in HISTOGRAM_SUFFIXES if name.endswith(s)), None
-        )
+        base = next((name[: -len(s)] for s in HISTOGRAM_SUFFIXES if name.endswith(s)), None)
         if base not in HISTOGRAMS:
             bad.add(name)
     return bad
@@ -197,12 +195,7 @@ def prometheus_exprs_in_dashboard() -> list[str]:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    return [
-        rule
-        for group in load_yaml(ALERTS)["groups"]
-        for rule in group["rules"]
-        if "alert" in rule
-    ]
+    return [rule for group in load_yaml(ALERTS)["groups"] for rule in group["rules"] if "alert" in rule]
 
 
 # --------------------------------------------------------------------------- collector
@@ -353,10 +346,7 @@ class TestPrometheus:
     def test_scrape_jobs_cover_api_and_workers(self) -> None:
         """Prometheus scrapes the API and both worker containers."""
         jobs = {j["job_name"]: j for j in load_yaml(PROM_CONFIG)["scrape_configs"]}
-        targets = {
-            name: {t for sc in job["static_configs"] for t in sc["targets"]}
-            for name, job in jobs.items()
-        }
+        targets = {name: {t for sc in job["static_configs"] for t in sc["targets"]} for name, job in jobs.items()}
         assert targets["agentfarm-api"] == {"api:8000"}
         assert targets["agentfarm-worker"] == {"worker-research:9100", "worker-specialized:9100"}
         assert load_yaml(PROM_CONFIG)["rule_files"] == [ALERTS.name]
@@ -544,8 +534,15 @@ class TestCompose:
     def test_expected_services(self, compose: dict[str, Any]) -> None:
         """`make up` starts the app, Redis and the whole telemetry stack."""
         expected = {
-            "redis", "api", "worker-research", "worker-specialized",
-            "otel-collector", "tempo", "loki", "prometheus", "grafana",
+            "redis",
+            "api",
+            "worker-research",
+            "worker-specialized",
+            "otel-collector",
+            "tempo",
+            "loki",
+            "prometheus",
+            "grafana",
         }
         assert expected <= set(compose["services"])
 
@@ -743,7 +740,7 @@ class TestContainerfile:
         for copy in self.instructions(lines, "COPY"):
             if copy.startswith("--from"):
                 continue
-            for src in copy.split()[:-1]:
-                src = src.rstrip("/")
+            for raw_src in copy.split()[:-1]:
+                src = raw_src.rstrip("/")
                 for pattern in patterns:
                     assert not fnmatch.fnmatch(src, pattern.rstrip("/")), f"{src} excluded by {pattern}"

@@ -34,8 +34,9 @@ INVALID_BODIES: list[tuple[str, Any, str]] = [
 ]
 
 
-async def submit(api: Client, path: str = "research", body: dict[str, Any] | None = None,
-                 headers: dict[str, str] = ACME) -> dict[str, Any]:
+async def submit(
+    api: Client, path: str = "research", body: dict[str, Any] | None = None, headers: dict[str, str] = ACME
+) -> dict[str, Any]:
     response = await api.post(f"/v1/tasks/{path}", json=body or {"topic": "wind farms at sea"}, headers=headers)
     assert response.status_code == 202, response.text
     task: dict[str, Any] = response.json()
@@ -61,7 +62,9 @@ class TestValidation:
     @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", b'"topic"'])
     async def test_malformed_json_is_a_client_error(self, api: Client, raw: bytes) -> None:
         """A body that is not a JSON object gets a 4xx problem, never a 5xx."""
-        response = await api.post("/v1/tasks/research", content=raw, headers={**ACME, "Content-Type": "application/json"})
+        response = await api.post(
+            "/v1/tasks/research", content=raw, headers={**ACME, "Content-Type": "application/json"}
+        )
 
         assert 400 <= response.status_code < 500, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
@@ -81,13 +84,20 @@ class TestValidation:
         """Optional fields take their documented defaults in the stored params."""
         task = await submit(api, body={"topic": "wind farms at sea"})
 
-        assert task["params"] == {"topic": "wind farms at sea", "crew_type": "general", "language": "en", "depth": "standard"}
+        assert task["params"] == {
+            "topic": "wind farms at sea",
+            "crew_type": "general",
+            "language": "en",
+            "depth": "standard",
+        }
         assert task["max_attempts"] == 4 and task["attempt"] == 0 and task["progress"] == 0
 
 
 class TestAuth:
-    @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key-123"}, {"Authorization": "Basic abc"},
-                                         {"Authorization": "Bearer "}])
+    @pytest.mark.parametrize(
+        "headers",
+        [{}, {"Authorization": "Bearer wrong-key-123"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}],
+    )
     async def test_missing_or_bad_key_gets_401(self, api: Client, headers: dict[str, str]) -> None:
         """Without a valid bearer key every task endpoint answers 401 with a Bearer challenge."""
         for method, url in [("GET", "/v1/tasks"), ("POST", "/v1/tasks/research"), ("GET", "/v1/tasks/x/report")]:
@@ -156,8 +166,9 @@ class TestListing:
         none = (await api.get("/v1/tasks", params={"status": "completed"}, headers=ACME)).json()["items"]
         assert none == []
 
-    @pytest.mark.parametrize("params", [{"cursor": "garbage!"}, {"limit": 0}, {"limit": 101}, {"status": "done"},
-                                        {"kind": "poem"}])
+    @pytest.mark.parametrize(
+        "params", [{"cursor": "garbage!"}, {"limit": 0}, {"limit": 101}, {"status": "done"}, {"kind": "poem"}]
+    )
     async def test_bad_list_parameters_are_400(self, api: Client, params: dict[str, Any]) -> None:
         """Bad list parameters get a 400 problem naming the parameter."""
         response = await api.get("/v1/tasks", params=params, headers=ACME)
@@ -195,7 +206,9 @@ class TestRedisDown:
 
                 redis.start()
                 assert (await api.get("/health/ready")).json()["redis"] == "ok"
-                assert (await api.post("/v1/tasks/research", json={"topic": "valid topic"}, headers=ACME)).status_code == 202
+                assert (
+                    await api.post("/v1/tasks/research", json={"topic": "valid topic"}, headers=ACME)
+                ).status_code == 202
         finally:
             redis.close()
 
@@ -207,7 +220,9 @@ class TestOpenAPI:
 
         assert doc["openapi"].startswith("3.1")
         assert doc["components"]["securitySchemes"]["BearerAuth"] == {
-            "type": "http", "scheme": "bearer", "description": "An API key."
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key.",
         }
         assert doc["security"] == [{"BearerAuth": []}]
         paths = doc["paths"]
@@ -217,8 +232,13 @@ class TestOpenAPI:
             assert "$ref" in op["responses"]["202"]["content"]["application/json"]["schema"]
             assert op["responses"]["400"]["content"]["application/problem+json"]["schema"]["$ref"].endswith("Problem")
             assert "401" in op["responses"]
-        assert set(paths) >= {"/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/report", "/health/live",
-                              "/health/ready"}
+        assert set(paths) >= {
+            "/v1/tasks",
+            "/v1/tasks/{task_id}",
+            "/v1/tasks/{task_id}/report",
+            "/health/live",
+            "/health/ready",
+        }
         assert paths["/health/live"]["get"]["security"] == [{}]
         research = doc["components"]["schemas"]["ResearchParams"]
         assert research["additionalProperties"] is False

@@ -48,7 +48,11 @@ class TestDevCommand:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTFARM_", "OTEL_"))}
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "dev", "--port", str(api_port), "--redis-port", str(redis_port)],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         try:
             key, _ = wait_for_key(process)

@@ -81,7 +81,10 @@ class TestEveryKindCompletes:
         """Two crews running at once in one worker each report only the LLM usage of their own calls."""
         llm_server.default_delay_s = 0.25
         topics = ["coral reef restoration", "quantum error correction in superconducting qubits"]
-        tasks = [await submit(api, "research", {"topic": t, "depth": d}) for t, d in zip(topics, ["basic", "comprehensive"], strict=True)]
+        tasks = [
+            await submit(api, "research", {"topic": t, "depth": d})
+            for t, d in zip(topics, ["basic", "comprehensive"], strict=True)
+        ]
 
         finals = await asyncio.gather(*(wait_finished(api, t["id"], ACME) for t in tasks))
 

@@ -8,7 +8,16 @@ import typing
 import msgspec
 import pytest
 
-from crews.params import AnyParams, Depth, Language, ResearchCrewType, InvestmentParams, ResearchParams, SwotParams, TechnicalReviewParams
+from crews.params import (
+    AnyParams,
+    Depth,
+    InvestmentParams,
+    Language,
+    ResearchCrewType,
+    ResearchParams,
+    SwotParams,
+    TechnicalReviewParams,
+)
 from crews.registry import Kind, crew_inputs, load_prompts, plan_for
 from jobs.kinds import KINDS
 
@@ -64,8 +73,10 @@ class TestPlans:
     def test_depth_adds_agents_tasks_and_iterations(self) -> None:
         """Deeper research runs more tasks, more distinct agents and more iterations."""
         prompts = load_prompts()
-        plans = [plan_for("research", ResearchParams(topic="a topic", depth=d))
-                 for d in ("basic", "standard", "comprehensive")]
+        plans = [
+            plan_for("research", ResearchParams(topic="a topic", depth=d))
+            for d in ("basic", "standard", "comprehensive")
+        ]
 
         assert [len(p.tasks) for p in plans] == [2, 3, 4]
         assert [len({prompts.tasks[t].agent for t in p.tasks}) for p in plans] == [2, 3, 4]
@@ -79,8 +90,10 @@ class TestPlans:
 
     def test_crew_type_changes_the_first_task(self) -> None:
         """Each research crew type starts with a different researcher."""
-        firsts = {plan_for("research", ResearchParams(topic="a topic", crew_type=c)).tasks[0]
-                  for c in ("general", "academic", "market")}
+        firsts = {
+            plan_for("research", ResearchParams(topic="a topic", crew_type=c)).tasks[0]
+            for c in ("general", "academic", "market")
+        }
         assert len(firsts) == 3
 
     def test_language_name_is_spelled_out(self) -> None:

@@ -121,4 +121,6 @@ class TestErrors:
     def test_soft_timeout_must_not_exceed_hard_timeout(self) -> None:
         """A soft limit above the hard limit is refused (it could never apply)."""
         with pytest.raises(SettingsError, match="AGENTFARM_RESEARCH_SOFT_TIMEOUT_S: must not exceed"):
-            load_settings({"AGENTFARM_RESEARCH_SOFT_TIMEOUT_S": "100", "AGENTFARM_RESEARCH_TIMEOUT_S": "50"}, env_file=None)
+            load_settings(
+                {"AGENTFARM_RESEARCH_SOFT_TIMEOUT_S": "100", "AGENTFARM_RESEARCH_TIMEOUT_S": "50"}, env_file=None
+            )

@@ -12,8 +12,16 @@ from jobs.models import TERMINAL, TRANSITIONS, InvalidTransition, Status, Task, 
 
 def make_task(status: Status = "queued", progress: int = 0) -> Task:
     now = utcnow()
-    return Task(id="t1", kind="research", tenant="acme", status=status, progress=progress,
-                params={"topic": "x"}, created_at=now, updated_at=now)
+    return Task(
+        id="t1",
+        kind="research",
+        tenant="acme",
+        status=status,
+        progress=progress,
+        params={"topic": "x"},
+        created_at=now,
+        updated_at=now,
+    )
 
 
 ALL: list[Status] = ["queued", "running", "retrying", "completed", "failed", "cancelled"]
