@@ -214,7 +214,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     llm = LLMConfig(
         model=r.get("AGENTFARM_LLM_MODEL", "", _model, "provider/model, e.g. openai/gpt-4o-mini"),
         base_url=r.get("AGENTFARM_LLM_BASE_URL", None, _http_url, "an http(s) URL"),
-        api_key=env.get("AGENTFARM_LLM_API_KEY") or None,
+        api_key=r.get("AGENTFARM_LLM_API_KEY", None, str, "the provider's key", secret=True),
         timeout_s=r.get("AGENTFARM_LLM_TIMEOUT_S", LLMConfig().timeout_s, _positive_float, seconds),
         max_iter=r.get("AGENTFARM_LLM_MAX_ITER", LLMConfig().max_iter, _bounded_int(1, 25), "a whole number 1-25"),
     )
