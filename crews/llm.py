@@ -24,6 +24,10 @@ class LLMConfig(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str | None = msgspec.field(default=None)
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
     max_iter: Annotated[int, msgspec.Meta(ge=1, le=25)] = 5
+    # Retries of one call inside the OpenAI-compatible client (5xx, timeouts), before the job's own retries.
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    # LLM calls per minute for this model across all workers; 0 means no limit.
+    rpm: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     @property
     def is_demo(self) -> bool:

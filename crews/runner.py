@@ -42,6 +42,9 @@ _TASKS_SHARE = 90
 class RunObserver(Protocol):
     """What the caller learns while a crew runs (called from the crew's thread)."""
 
+    def before_llm_call(self) -> None:
+        """Called before every LLM call; raises ``CrewStopped`` to stop the crew, may wait (rate limits)."""
+
     def on_progress(self, progress: int, stage: str) -> None: ...
 
     def on_usage(self, usage: Usage) -> None: ...
@@ -74,6 +77,7 @@ class _Tracker:
     roles: dict[int, str] = field(default_factory=dict)
 
     def before_llm_call(self, task: Any, iterations: int) -> None:
+        self.observer.before_llm_call()
         index = next((i for i, t in enumerate(self.tasks) if t is task), None)
         if index is None:
             return
@@ -100,6 +104,13 @@ def _before_llm_call(context: LLMCallHookContext) -> None:
         tracker.before_llm_call(context.task, context.iterations)
 
 
+def _task_done(output: TaskOutput) -> None:
+    """Task callback (a plain function: crewai cannot checkpoint bound methods)."""
+    tracker = _current.get()
+    if tracker is not None:
+        tracker.task_done(output)
+
+
 register_before_llm_call_hook(_before_llm_call)
 
 
@@ -112,7 +123,7 @@ def build_llm(config: LLMConfig, params: AnyParams) -> BaseLLM:
         base_url=config.base_url,
         api_key=config.api_key,
         timeout=config.timeout_s,
-        max_retries=2,
+        max_retries=config.max_retries,
     )
 
 
@@ -151,12 +162,13 @@ def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObse
                 expected_output=prompt.expected_output,
                 agent=agents[prompt.agent],
                 output_pydantic=ReportDraft if last else None,
-                callback=tracker.task_done,
+                callback=_task_done,
             )
         )
     crew = Crew(agents=list(agents.values()), tasks=tasks, process=Process.sequential, verbose=False)
     token = _current.set(tracker)
     try:
+        observer.before_llm_call()  # a run stopped before it began makes no call at all
         observer.on_progress(_START_PROGRESS, "crew: starting")
         output = crew.kickoff(inputs=crew_inputs(params))
     finally:

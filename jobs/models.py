@@ -60,6 +60,12 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     error: TaskError | None = None
     usage: Usage = msgspec.field(default_factory=Usage)
     trace_id: str | None = None
+    # Execution bookkeeping. run_token fences writes: only the execution holding the
+    # current token may change a running task, so a superseded run can never
+    # overwrite a newer one.
+    run_token: int = 0
+    worker_id: str | None = None
+    job_id: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -76,6 +82,44 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
             changes.setdefault("progress", 100)
             changes.setdefault("stage", "completed")
         return msgspec.structs.replace(self, status=status, updated_at=now, **changes)
+
+    def started(self, *, run_token: int, worker_id: str, job_id: str) -> Task:
+        """This task taken by a new execution (which holds its lease), as attempt ``attempt + 1``.
+
+        A task still marked running whose lease lapsed is taken over in place.
+        """
+        now = utcnow()
+        changes: dict[str, Any] = {
+            "attempt": self.attempt + 1,
+            "run_token": run_token,
+            "worker_id": worker_id,
+            "job_id": job_id,
+            "progress": 0,
+            "stage": "starting",
+            "started_at": self.started_at or now,
+        }
+        if self.status == "running":
+            return msgspec.structs.replace(self, updated_at=now, **changes)
+        return self.to("running", **changes)
+
+    def requeued(self, job_id: str) -> Task:
+        """An operator's second chance for a failed task: a fresh start with a new job."""
+        if self.status != "failed":
+            raise InvalidTransition(f"task {self.id}: only failed tasks can be re-queued, not {self.status}")
+        return msgspec.structs.replace(
+            self,
+            status="queued",
+            stage="re-queued by an operator",
+            progress=0,
+            attempt=0,
+            error=None,
+            result=None,
+            finished_at=None,
+            started_at=None,
+            worker_id=None,
+            job_id=job_id,
+            updated_at=utcnow(),
+        )
 
     def with_progress(self, progress: int, stage: str) -> Task:
         """Progress only moves forward within an attempt; a finished task does not move."""

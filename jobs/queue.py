@@ -31,11 +31,12 @@ class EnqueueFailed(Exception):
 
 
 async def enqueue(pool: ArqRedis, task: Task) -> None:
-    """Queue the job that runs ``task``; its arq job id is the task id."""
+    """Queue the job that runs ``task``; its arq job id is ``task.job_id`` (the task id at first)."""
     queue = KINDS[task.kind].queue
-    job = await pool.enqueue_job(JOB_FUNCTION, task.id, _job_id=task.id, _queue_name=queue_key(queue))
+    job_id = task.job_id or task.id
+    job = await pool.enqueue_job(JOB_FUNCTION, task.id, _job_id=job_id, _queue_name=queue_key(queue))
     if job is None:
-        raise EnqueueFailed(f"a job with id {task.id} already exists")
+        raise EnqueueFailed(f"a job with id {job_id} already exists")
 
 
 async def live_workers(pool: ArqRedis, queue: Queue, heartbeat_s: float) -> int:

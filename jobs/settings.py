@@ -58,10 +58,11 @@ class KindPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ApiKey(msgspec.Struct, frozen=True):
-    """A tenant's API key, kept only as its SHA-256 digest."""
+    """A tenant's API key, kept only as its SHA-256 digest, with its own rate limit if it has one."""
 
     tenant: str
     key_sha256: str
+    rate_limit: RateLimit | None = None
 
     @staticmethod
     def digest(key: str) -> str:
@@ -84,6 +85,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_concurrency: int = 4
     worker_poll_delay_s: float = 0.05
     worker_heartbeat_s: float = 5.0
+    # A running task's lease: refreshed by its worker every lease/3; when it lapses, the task is re-queued.
+    worker_lease_s: float = 15.0
+    # On SIGTERM, how long running crews may finish before they are handed back to the queue.
+    worker_shutdown_grace_s: float = 30.0
+    admin_keys: tuple[str, ...] = ()  # SHA-256 digests of operator keys (dead-letter endpoints)
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
 
@@ -140,6 +146,20 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _admin_keys(raw: str) -> tuple[str, ...]:
+    keys = _csv(raw)
+    if not keys or any(len(k) < 8 for k in keys):
+        raise ValueError(raw)
+    return tuple(ApiKey.digest(k) for k in keys)
+
+
 def _rate(raw: str) -> RateLimit:
     match = _RATE.match(raw)
     if not match or int(match.group(1)) <= 0:
@@ -155,11 +175,12 @@ def _redis_url(raw: str) -> str:
 
 def _api_keys(raw: str) -> tuple[ApiKey, ...]:
     keys: list[ApiKey] = []
-    for pair in raw.split(","):
-        tenant, sep, key = pair.strip().partition(":")
+    for entry in raw.split(","):
+        tenant, sep, rest = entry.strip().partition(":")
+        key, _, rate = rest.partition(":")
         if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant) or len(key) < 8:
-            raise ValueError(pair)
-        keys.append(ApiKey(tenant, ApiKey.digest(key)))
+            raise ValueError(entry)
+        keys.append(ApiKey(tenant, ApiKey.digest(key), _rate(rate) if rate else None))
     if len({k.key_sha256 for k in keys}) != len(keys):
         raise ValueError(raw)
     return tuple(keys)
@@ -193,6 +214,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     env.update(os.environ if environ is None else environ)
     r = _Reader(env)
     seconds = "a number of seconds > 0"
+    seconds_or_0 = "a number of seconds >= 0"
     whole = "a whole number > 0"
     kinds: dict[Kind, KindPolicy] = {}
     for kind, default in DEFAULT_POLICIES.items():
@@ -217,6 +239,10 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         api_key=r.get("AGENTFARM_LLM_API_KEY", None, str, "the provider's key", secret=True),
         timeout_s=r.get("AGENTFARM_LLM_TIMEOUT_S", LLMConfig().timeout_s, _positive_float, seconds),
         max_iter=r.get("AGENTFARM_LLM_MAX_ITER", LLMConfig().max_iter, _bounded_int(1, 25), "a whole number 1-25"),
+        max_retries=r.get(
+            "AGENTFARM_LLM_MAX_RETRIES", LLMConfig().max_retries, _bounded_int(0, 10), "a whole number 0-10"
+        ),
+        rpm=r.get("AGENTFARM_LLM_RPM", 0, _bounded_int(0, 1_000_000), "a whole number of calls per minute (0: off)"),
     )
     settings = Settings(
         redis_url=r.get(
@@ -241,6 +267,11 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
             "AGENTFARM_WORKER_POLL_DELAY_S", defaults.worker_poll_delay_s, _positive_float, seconds
         ),
         worker_heartbeat_s=r.get("AGENTFARM_WORKER_HEARTBEAT_S", defaults.worker_heartbeat_s, _positive_float, seconds),
+        worker_lease_s=r.get("AGENTFARM_WORKER_LEASE_S", defaults.worker_lease_s, _positive_float, seconds),
+        worker_shutdown_grace_s=r.get(
+            "AGENTFARM_WORKER_SHUTDOWN_GRACE_S", defaults.worker_shutdown_grace_s, _non_negative_float, seconds_or_0
+        ),
+        admin_keys=r.get("AGENTFARM_ADMIN_KEYS", (), _admin_keys, "comma-separated keys of 8+ characters", secret=True),
         log_level=r.get(
             "AGENTFARM_LOG_LEVEL",
             defaults.log_level,

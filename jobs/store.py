@@ -78,6 +78,10 @@ class TaskStore:
         raw = await self.redis.get(task_key(task_id))
         return None if raw is None else _decoder.decode(raw)
 
+    async def get_many(self, task_ids: list[str]) -> list[Task | None]:
+        raws = await self.redis.mget([task_key(i) for i in task_ids]) if task_ids else []
+        return [None if raw is None else _decoder.decode(raw) for raw in raws]
+
     async def get_for(self, task_id: str, tenant: str) -> Task | None:
         """The task if it exists and belongs to ``tenant``; otherwise ``None`` (never leak which)."""
         task = await self.get(task_id)

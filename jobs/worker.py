@@ -1,65 +1,87 @@
-"""The arq worker: takes task ids off queues and runs their crews in a thread pool.
+"""The worker process: arq workers per queue, the crew thread pool, leases, recovery, shutdown.
 
-One process serves one or more queues (an arq ``Worker`` per queue, sharing a
-``WorkerRuntime``: the settings, the task store and the crew thread pool).
-Crews are synchronous and I/O-bound, so they run in a dedicated
-``ThreadPoolExecutor`` with the caller's context copied in (log fields and
-trace context reach the crew's thread).
+One process serves one or more queues (an arq ``Worker`` per queue) sharing a
+``WorkerRuntime``: the settings, the task store, the crew thread pool, the
+executions it is running, and the background loops that keep them honest
+(heartbeat, lease refresh, cancellation watch, and the reaper that re-queues
+tasks whose worker died).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import os
 import signal
 import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import msgspec
 import structlog
 from arq import Worker, func
-from arq.connections import RedisSettings
-from redis.asyncio import Redis
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis import Redis as SyncRedis
+from redis.exceptions import RedisError
 
-from crews.llm import LLMConfig
-from crews.runner import run_crew
+from jobs.execution import Execution, run_task
 from jobs.kinds import KINDS, Queue
-from jobs.models import Task, TaskError, utcnow
-from jobs.progress import ProgressReporter
+from jobs.leases import Leases, reap
 from jobs.queue import JOB_FUNCTION, deserialize, queue_key, serialize, workers_key
+from jobs.ratelimit import SyncRateLimiter
 from jobs.settings import Settings
 from jobs.store import TaskStore
 
 log = structlog.get_logger(__name__)
 
+# arq's own try counter must never end a task: attempts are counted on the task itself.
+_ARQ_MAX_TRIES = 10_000
+
 
 class WorkerRuntime:
-    """What every job in this process shares; owned by the worker's lifecycle."""
+    """What every job in this process shares; owned by ``serve``."""
 
-    def __init__(self, settings: Settings, queues: tuple[Queue, ...], redis: Redis) -> None:
+    def __init__(self, settings: Settings, queues: tuple[Queue, ...], redis: ArqRedis) -> None:
         self.settings = settings
         self.queues = queues
         self.redis = redis
         self.store = TaskStore(redis, settings.task_ttl_s)
-        self.pool = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="crew")
+        self.leases = Leases(redis, settings.worker_lease_s)
+        self.llm_limiter = SyncRateLimiter(SyncRedis.from_url(settings.redis_url))
+        # Twice the concurrency: a crew that was stopped but is still inside an LLM call
+        # keeps its thread for a while; the spare threads keep that from taking a slot.
+        self.pool = ThreadPoolExecutor(max_workers=settings.worker_concurrency * 2, thread_name_prefix="crew")
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._heartbeat: asyncio.Task[None] | None = None
+        self.active: dict[str, Execution] = {}
+        self._loops: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self._beat()
-        self._heartbeat = asyncio.create_task(self._beat_forever())
+        interval = max(0.1, self.settings.worker_lease_s / 3)
+        self._loops = [
+            asyncio.create_task(self._every(self.settings.worker_heartbeat_s, self._beat, "heartbeat")),
+            asyncio.create_task(self._every(interval, self._watch, "lease_watch")),
+            asyncio.create_task(self._every(interval, self._reap, "reaper")),
+        ]
 
     async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        for queue in self.queues:
-            await self.redis.zrem(workers_key(queue), self.worker_id)
+        for loop_task in self._loops:
+            loop_task.cancel()
+        try:
+            for queue in self.queues:
+                await self.redis.zrem(workers_key(queue), self.worker_id)
+        except RedisError:
+            log.warning("heartbeat_not_removed", consequence="readiness forgets this worker after 3 beats")
         self.pool.shutdown(wait=False, cancel_futures=True)
         await self.redis.aclose()
+
+    async def _every(self, interval_s: float, step: object, name: str) -> None:
+        assert callable(step)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await step()
+            except (RedisError, OSError) as exc:
+                log.warning("background_step_failed", step=name, error=str(exc))
 
     async def _beat(self) -> None:
         now = time.time()
@@ -70,151 +92,126 @@ class WorkerRuntime:
                 pipe.zremrangebyscore(workers_key(queue), "-inf", now - 60 * self.settings.worker_heartbeat_s)
             await pipe.execute()
 
-    async def _beat_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.worker_heartbeat_s)
+    async def _watch(self) -> None:
+        """Keep our leases alive, and stop executions whose task was cancelled or taken over."""
+        executions = list(self.active.values())
+        if not executions:
+            return
+        tasks = await self.store.get_many([e.task_id for e in executions])
+        for execution, task in zip(executions, tasks, strict=True):
+            if not await self.leases.refresh(execution.task_id, execution.token):
+                execution.stop("superseded")
+            elif task is None or task.status == "cancelled":
+                execution.stop("cancelled")
+            elif task.status != "running" or task.run_token != execution.token:
+                execution.stop("superseded")
+
+    async def _reap(self) -> None:
+        await reap(self.redis, self.store)
+
+
+def _worker(settings: Settings, queue: Queue, runtime: WorkerRuntime, *, burst: bool) -> Worker:
+    kinds = [k for k, spec in KINDS.items() if spec.queue == queue]
+    # A backstop only: executions enforce the kinds' own limits and hand tasks back themselves.
+    timeout = max(settings.policy(k).timeout_s for k in kinds) + settings.worker_shutdown_grace_s + 60
+    return Worker(
+        functions=[func(run_task, name=JOB_FUNCTION, timeout=timeout, max_tries=_ARQ_MAX_TRIES)],
+        queue_name=queue_key(queue),
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        burst=burst,
+        handle_signals=False,
+        max_jobs=settings.worker_concurrency,
+        poll_delay=settings.worker_poll_delay_s,
+        # Running jobs stay in arq's queue set; read past them so idle workers never starve.
+        queue_read_limit=max(1000, settings.worker_concurrency * 50),
+        keep_result=0,
+        ctx={"runtime": runtime},
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        log_results=False,
+    )
+
+
+class _Supervisor:
+    """Runs an arq worker per queue and starts a new one when Redis drops the old one's connection."""
+
+    def __init__(self, settings: Settings, queues: tuple[Queue, ...], runtime: WorkerRuntime, burst: bool) -> None:
+        self.settings = settings
+        self.queues = queues
+        self.runtime = runtime
+        self.burst = burst
+        self.stopping = False
+        self.workers: list[Worker] = []
+
+    async def run_queue(self, queue: Queue) -> None:
+        delay = 0.5
+        while not self.stopping:
+            worker = _worker(self.settings, queue, self.runtime, burst=self.burst)
+            self.workers.append(worker)
             try:
-                await self._beat()
-            except Exception:
-                log.warning("heartbeat_failed", exc_info=True)
+                await worker.async_run()
+            except asyncio.CancelledError:
+                if self.stopping:
+                    return
+                raise
+            except (RedisError, OSError) as exc:
+                # Running jobs keep going on the old worker; a new one resumes polling once Redis is back.
+                log.warning("queue_connection_lost", queue=queue, error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if self.burst:
+                return
 
+    def stop_picking(self) -> None:
+        for worker in self.workers:
+            worker.allow_pick_jobs = False
 
-async def run_task(ctx: dict[str, Any], task_id: str) -> None:
-    """The arq job: run the crew of task ``task_id`` and record how it ended."""
-    runtime: WorkerRuntime = ctx["runtime"]
-    store = runtime.store
-    structlog.contextvars.bind_contextvars(task_id=task_id)
-    try:
-        task = await store.get(task_id)
-        if task is None:
-            log.warning("task_missing", reason="expired or deleted before it ran")
-            return
-        if task.finished:
-            log.info("task_already_finished", status=task.status)
-            return
-        structlog.contextvars.bind_contextvars(tenant=task.tenant, kind=task.kind)
-        await _run(runtime, task, attempt=int(ctx.get("job_try", 1)))
-    finally:
-        structlog.contextvars.unbind_contextvars("task_id", "tenant", "kind")
-
-
-async def _run(runtime: WorkerRuntime, task: Task, attempt: int) -> None:
-    store = runtime.store
-    spec = KINDS[task.kind]
-    policy = runtime.settings.policy(task.kind)
-    params = msgspec.convert(task.params, spec.params_type)
-    started = time.monotonic()
-    queued_s = max(0.0, time.time() - task.created_at.timestamp())
-    running = await store.update(
-        task.id,
-        lambda t: t.to("running", attempt=attempt, progress=0, stage="starting", started_at=t.started_at or utcnow()),
-    )
-    if running is None:
-        return
-    log.info("task_started", attempt=attempt, queued_s=round(queued_s, 3))
-    loop = asyncio.get_running_loop()
-    reporter = ProgressReporter(loop, store, task.id)
-    context = contextvars.copy_context()
-    future = loop.run_in_executor(
-        runtime.pool, context.run, run_crew, task.kind, params, runtime.settings.llm, reporter
-    )
-    try:
-        report = await asyncio.wait_for(future, timeout=policy.timeout_s)
-    except TimeoutError:
-        await _finish_failed(
-            runtime,
-            task.id,
-            reporter,
-            TaskError(type="timeout", message=f"the crew did not finish within {policy.timeout_s:g} s"),
-            started,
-        )
-        return
-    except Exception as exc:  # noqa: BLE001 - whatever the crew raised, the task fails with it recorded
-        await _finish_failed(runtime, task.id, reporter, _task_error(exc, runtime.settings.llm), started)
-        return
-    await reporter.flush()
-    await store.update(task.id, lambda t: t.to("completed", result=report, usage=reporter.usage))
-    log.info(
-        "task_finished",
-        status="completed",
-        duration_s=round(time.monotonic() - started, 3),
-        llm_calls=reporter.usage.llm_calls,
-        model=reporter.usage.model,
-    )
-
-
-async def _finish_failed(
-    runtime: WorkerRuntime, task_id: str, reporter: ProgressReporter, error: TaskError, started: float
-) -> None:
-    await reporter.flush()
-    await runtime.store.update(
-        task_id, lambda t: t if t.finished else t.to("failed", error=error, usage=reporter.usage)
-    )
-    log.warning(
-        "task_finished",
-        status="failed",
-        error_type=error.type,
-        error=error.message,
-        duration_s=round(time.monotonic() - started, 3),
-    )
-
-
-def _task_error(exc: BaseException, llm: LLMConfig) -> TaskError:
-    """Turn a crew's exception into an error a person can act on."""
-    message = str(exc) or type(exc).__name__
-    return TaskError(type=type(exc).__name__, message=f"{message} (model {llm.model_name})")
-
-
-def build_workers(
-    settings: Settings, queues: tuple[Queue, ...], runtime: WorkerRuntime, *, burst: bool = False
-) -> list[Worker]:
-    """An arq ``Worker`` per queue, all sharing ``runtime``."""
-    redis_settings = RedisSettings.from_dsn(settings.redis_url)
-    workers = []
-    for queue in queues:
-        kinds = [k for k, spec in KINDS.items() if spec.queue == queue]
-        timeout = max(settings.policy(k).timeout_s for k in kinds) + 60
-        workers.append(
-            Worker(
-                functions=[
-                    func(
-                        run_task,
-                        name=JOB_FUNCTION,
-                        timeout=timeout,
-                        max_tries=max(settings.policy(k).max_attempts for k in kinds) + 2,
-                    )
-                ],
-                queue_name=queue_key(queue),
-                redis_settings=redis_settings,
-                burst=burst,
-                handle_signals=False,
-                max_jobs=settings.worker_concurrency,
-                poll_delay=settings.worker_poll_delay_s,
-                queue_read_limit=max(1000, settings.worker_concurrency * 50),
-                keep_result=60,
-                ctx={"runtime": runtime},
-                job_serializer=serialize,
-                job_deserializer=deserialize,
-                log_results=False,
-            )
-        )
-    return workers
+    def cancel_all(self) -> None:
+        self.stopping = True
+        for worker in self.workers:
+            worker.handle_sig(signal.SIGTERM)
 
 
 async def serve(settings: Settings, queues: tuple[Queue, ...], *, burst: bool = False) -> None:
-    """Run workers for ``queues`` until a signal (or, with ``burst``, until the queues are empty)."""
-    redis = Redis.from_url(settings.redis_url)
-    runtime = WorkerRuntime(settings, queues, redis)
-    workers = build_workers(settings, queues, runtime, burst=burst)
-    loop = asyncio.get_running_loop()
+    """Run workers for ``queues`` until SIGTERM/SIGINT (or, with ``burst``, until the queues are empty).
 
-    def stop(signum: int) -> None:
-        log.info("worker_stopping", signal=signal.Signals(signum).name)
-        for worker in workers:
-            worker.handle_sig(signal.Signals(signum))
+    Shutdown: stop taking jobs, let running crews finish for up to
+    ``worker_shutdown_grace_s``, then hand the rest back to the queue (the
+    crews' next LLM calls are refused). A second signal skips the grace period.
+    """
+    redis = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), job_serializer=serialize, job_deserializer=deserialize
+    )
+    runtime = WorkerRuntime(settings, queues, redis)
+    supervisor = _Supervisor(settings, queues, runtime, burst)
+    loop = asyncio.get_running_loop()
+    draining: asyncio.Task[None] | None = None
+
+    async def drain(grace_s: float) -> None:
+        supervisor.stop_picking()
+        deadline = time.monotonic() + grace_s
+        while runtime.active and time.monotonic() < deadline:  # noqa: ASYNC110 - executions end on their own
+            await asyncio.sleep(0.1)
+        if runtime.active:
+            log.warning("worker_handing_back", tasks=list(runtime.active))
+        supervisor.cancel_all()
+
+    def on_signal(signum: int) -> None:
+        nonlocal draining
+        first = draining is None
+        log.info(
+            "worker_stopping",
+            signal=signal.Signals(signum).name,
+            running=len(runtime.active),
+            grace_s=settings.worker_shutdown_grace_s if first else 0,
+        )
+        if draining is not None:
+            draining.cancel()
+        draining = loop.create_task(drain(settings.worker_shutdown_grace_s if first else 0))
 
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop, signum)
+        loop.add_signal_handler(signum, on_signal, signum)
     await runtime.start()
     log.info(
         "worker_started",
@@ -223,11 +220,16 @@ async def serve(settings: Settings, queues: tuple[Queue, ...], *, burst: bool = 
         model=settings.llm.model_name,
         demo_model=settings.llm.is_demo,
         worker_id=runtime.worker_id,
+        lease_s=settings.worker_lease_s,
     )
     try:
-        await asyncio.gather(*(w.async_run() for w in workers), return_exceptions=True)
+        await asyncio.gather(*(supervisor.run_queue(q) for q in queues))
     finally:
-        for worker in workers:
-            await worker.close()
+        supervisor.stopping = True
+        for worker in supervisor.workers:
+            try:
+                await worker.close()
+            except (RedisError, OSError):
+                log.warning("worker_close_failed", exc_info=True)
         await runtime.stop()
         log.info("worker_stopped", worker_id=runtime.worker_id)

@@ -13,13 +13,16 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from jobs.queue import deserialize, serialize
+from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings
 from jobs.store import TaskStore
 from service.access_log import access_log
+from service.admin import AdminController
 from service.auth import bearer_auth
 from service.errors import to_problem
 from service.health import HealthController
 from service.openapi import StrictStructSchemaPlugin, openapi_config
+from service.submit import Submitter
 from service.tasks import TaskController
 
 
@@ -44,6 +47,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         app.state.queue = pool
         app.state.store = TaskStore(pool, settings.task_ttl_s)
+        app.state.submitter = Submitter(settings, app.state.store, pool, RateLimiter(pool))
         try:
             yield
         finally:
@@ -53,16 +57,22 @@ def create_app(settings: Settings) -> Litestar:
         store: TaskStore = state.store
         return store
 
+    def provide_submitter(state: State) -> Submitter:
+        submitter: Submitter = state.submitter
+        return submitter
+
     def provide_queue(state: State) -> ArqRedis:
         queue: ArqRedis = state.queue
         return queue
 
     return Litestar(
-        route_handlers=[TaskController, HealthController],
+        route_handlers=[TaskController, AdminController, HealthController],
+        state=State({"settings": settings}),
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "store": Provide(provide_store, sync_to_thread=False),
             "queue": Provide(provide_queue, sync_to_thread=False),
+            "tasks": Provide(provide_submitter, sync_to_thread=False),
         },
         lifespan=[redis_lifespan],
         middleware=[access_log, bearer_auth(settings.api_keys)],

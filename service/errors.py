@@ -64,6 +64,20 @@ class Conflict(ClientError):
     title = "Conflict"
 
 
+class Unprocessable(ClientError):
+    """The request is well-formed but contradicts an earlier one (an Idempotency-Key reused)."""
+
+    status = 422
+    title = "Unprocessable Content"
+
+
+class RateLimited(ClientError):
+    """Too many submissions for this kind and API key; ``Retry-After`` says when to try again."""
+
+    status = 429
+    title = "Too Many Requests"
+
+
 class DependencyDown(ApiError):
     """Redis (or another dependency) cannot be reached; retrying later may work."""
 

@@ -19,6 +19,8 @@ _WHEN = {
     404: "No such task for this API key.",
     409: "The task is not in a state that allows this.",
     413: "The body is larger than the server accepts.",
+    422: "The Idempotency-Key was already used with a different request.",
+    429: "Rate limited for this kind and API key; `Retry-After` says when to retry.",
     503: "A dependency (Redis) is unreachable; retry later.",
 }
 

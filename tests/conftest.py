@@ -47,6 +47,8 @@ def service_env(redis_url: str, llm: ScriptedLLM | None, **extra: str) -> dict[s
         AGENTFARM_API_KEYS=f"acme:{ACME_KEY},beta:{BETA_KEY}",
         AGENTFARM_WORKER_CONCURRENCY="4",
         AGENTFARM_WORKER_HEARTBEAT_S="0.5",
+        AGENTFARM_WORKER_LEASE_S="1.5",
+        AGENTFARM_WORKER_SHUTDOWN_GRACE_S="10",
         AGENTFARM_LOG_FORMAT="json",
         NO_PROXY="127.0.0.1,localhost",
         PYTHONUNBUFFERED="1",
@@ -57,7 +59,12 @@ def service_env(redis_url: str, llm: ScriptedLLM | None, **extra: str) -> dict[s
             AGENTFARM_LLM_BASE_URL=llm.base_url,
             AGENTFARM_LLM_API_KEY="scripted-key",
             AGENTFARM_LLM_TIMEOUT_S="20",
+            AGENTFARM_LLM_MAX_RETRIES="0",  # failures reach the job's own retry policy
         )
+    for kind in ("RESEARCH", "SWOT", "INVESTMENT", "TECHNICAL_REVIEW"):
+        # Tests submit many tasks quickly and must not wait minutes for a retry.
+        env[f"AGENTFARM_{kind}_RATE_LIMIT"] = "1000/second"
+        env[f"AGENTFARM_{kind}_RETRY_BACKOFF_S"] = "0.1"
     env.update(extra)
     return env
 

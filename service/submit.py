@@ -1,0 +1,104 @@
+"""Taking a new task: rate limit, idempotency, state, queue — in that order, all or nothing."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+import structlog
+from arq.connections import ArqRedis
+
+from crews.params import AnyParams
+from crews.registry import Kind
+from jobs import idempotency
+from jobs.models import Task, TaskError, utcnow
+from jobs.queue import enqueue
+from jobs.ratelimit import RateLimiter
+from jobs.settings import Settings
+from jobs.store import TaskStore
+from service.auth import Caller
+from service.errors import Conflict, DependencyDown, InvalidInput, RateLimited, Unprocessable
+
+log = structlog.get_logger(__name__)
+
+_ENQUEUE_FAILED = TaskError(type="enqueue_failed", message="the queue did not accept the task; submit it again")
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    task: Task
+    replayed: bool  # an earlier request with the same Idempotency-Key created it
+
+
+class Submitter:
+    """Everything ``POST /v1/tasks/{kind}`` does once the body is valid."""
+
+    def __init__(self, settings: Settings, store: TaskStore, queue: ArqRedis, limiter: RateLimiter) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.limiter = limiter
+
+    async def submit(self, kind: Kind, params: AnyParams, caller: Caller, idempotency_key: str | None) -> Submitted:
+        task_id = str(uuid.uuid4())
+        if idempotency_key is not None:
+            replay = await self._claim(kind, params, caller, idempotency_key, task_id)
+            if replay is not None:
+                return Submitted(replay, replayed=True)
+        try:
+            await self._check_rate(kind, caller)
+            task = await self._create(kind, params, caller, task_id)
+        except BaseException:
+            if idempotency_key is not None:
+                await idempotency.release(self.queue, caller.tenant, idempotency_key)
+            raise
+        log.info("task_submitted", task_id=task.id, kind=kind, tenant=caller.tenant)
+        return Submitted(task, replayed=False)
+
+    async def _claim(self, kind: Kind, params: AnyParams, caller: Caller, key: str, task_id: str) -> Task | None:
+        if not 1 <= len(key) <= 255 or not key.isprintable():
+            raise InvalidInput("Idempotency-Key: must be 1-255 printable characters")
+        fingerprint = idempotency.fingerprint(kind, params)
+        claim = idempotency.Claim(fingerprint=fingerprint, task_id=task_id)
+        existing = await idempotency.claim(self.queue, caller.tenant, key, claim, self.settings.task_ttl_s)
+        if existing is None:
+            return None
+        if existing.fingerprint != fingerprint:
+            raise Unprocessable(
+                "Idempotency-Key was already used with a different request; use a new key for a new task"
+            )
+        task = await self.store.get_for(existing.task_id, caller.tenant)
+        if task is None:
+            raise Conflict("a request with this Idempotency-Key is still being processed; retry in a moment")
+        return task
+
+    async def _check_rate(self, kind: Kind, caller: Caller) -> None:
+        limit = caller.rate_limit or self.settings.policy(kind).rate_limit
+        decision = await self.limiter.hit(f"submit:{caller.tenant}:{kind}", limit)
+        if not decision.allowed:
+            raise RateLimited(
+                f"rate limit for {kind} tasks is {limit} per API key; retry in {decision.retry_after_header} s",
+                headers={"Retry-After": decision.retry_after_header},
+            )
+
+    async def _create(self, kind: Kind, params: AnyParams, caller: Caller, task_id: str) -> Task:
+        now = utcnow()
+        task = Task(
+            id=task_id,
+            kind=kind,
+            tenant=caller.tenant,
+            params=msgspec.structs.asdict(params),
+            max_attempts=self.settings.policy(kind).max_attempts,
+            created_at=now,
+            updated_at=now,
+            job_id=task_id,
+        )
+        await self.store.create(task)
+        try:
+            await enqueue(self.queue, task)
+        except Exception as exc:
+            # Never leave a task that claims to be queued but is not.
+            await self.store.update(task.id, lambda t: t.to("failed", error=_ENQUEUE_FAILED))
+            raise DependencyDown("the task could not be queued; it was marked failed, submit it again") from exc
+        return task
