@@ -114,7 +114,8 @@ class ExecutionObserver:
 def wait_for_llm_slot(limiter: SyncRateLimiter, model: str, rpm: int, execution: Execution) -> None:
     """Block the crew's thread until the shared per-model LLM rate limit allows a call."""
     while True:
-        decision = limiter.hit(f"llm:{model}", RateLimit(rpm, 60))
+        # No bursts: calls are spread evenly, as a provider's per-minute quota expects.
+        decision = limiter.hit(f"llm:{model}", RateLimit(rpm, 60), burst=1)
         if decision.allowed:
             return
         time.sleep(min(decision.retry_after_s, 0.5))

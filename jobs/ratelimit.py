@@ -43,9 +43,9 @@ class Decision:
         return str(max(1, math.ceil(self.retry_after_s)))
 
 
-def _args(limit: RateLimit) -> tuple[int, int]:
+def _args(limit: RateLimit, burst: int | None) -> tuple[int, int]:
     interval_ms = max(1, round(limit.period_s * 1000 / limit.count))
-    return interval_ms, limit.count
+    return interval_ms, burst or limit.count
 
 
 class RateLimiter:
@@ -54,8 +54,9 @@ class RateLimiter:
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(_GCRA)
 
-    async def hit(self, key: str, limit: RateLimit) -> Decision:
-        allowed, wait_ms = await self._script(keys=[f"agentfarm:rate:{key}"], args=_args(limit))
+    async def hit(self, key: str, limit: RateLimit, burst: int | None = None) -> Decision:
+        """Count one request against ``limit`` (bursts of up to ``burst``, default the whole count)."""
+        allowed, wait_ms = await self._script(keys=[f"agentfarm:rate:{key}"], args=_args(limit, burst))
         return Decision(bool(allowed), int(wait_ms) / 1000)
 
 
@@ -65,6 +66,6 @@ class SyncRateLimiter:
     def __init__(self, redis: SyncRedis) -> None:
         self._script = redis.register_script(_GCRA)
 
-    def hit(self, key: str, limit: RateLimit) -> Decision:
-        allowed, wait_ms = self._script(keys=[f"agentfarm:rate:{key}"], args=_args(limit))
+    def hit(self, key: str, limit: RateLimit, burst: int | None = None) -> Decision:
+        allowed, wait_ms = self._script(keys=[f"agentfarm:rate:{key}"], args=_args(limit, burst))
         return Decision(bool(allowed), int(wait_ms) / 1000)

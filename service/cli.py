@@ -265,10 +265,51 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client() as client:
+        task = _check(client.post(f"/v1/tasks/{args.task_id}/cancel"))
+    print(f"{task['id']} {task['status']}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     with _client() as client:
         print(_check(client.get(f"/v1/tasks/{args.task_id}/report")))
     return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """Operator commands on the dead-letter list; they talk to Redis with the service's settings."""
+    from arq.connections import RedisSettings, create_pool
+
+    from jobs import dlq
+    from jobs.queue import deserialize, serialize
+    from jobs.store import TaskStore
+
+    settings = _settings()
+
+    async def run() -> int:
+        pool = await create_pool(
+            RedisSettings.from_dsn(settings.redis_url), job_serializer=serialize, job_deserializer=deserialize
+        )
+        store = TaskStore(pool, settings.task_ttl_s)
+        try:
+            if args.action == "list":
+                for task in await dlq.entries(pool, store, args.limit):
+                    error = task.error.type + ": " + task.error.message if task.error else ""
+                    print(f"{task.id}  {task.kind:<16} {task.tenant:<12} attempts={task.attempt}  {error}")
+                return 0
+            try:
+                task = await dlq.requeue(pool, store, args.task_id)
+            except dlq.NotDeadLettered:
+                print(f"agentfarm: task {args.task_id} is not in the dead-letter list", file=sys.stderr)
+                return 1
+            print(f"{task.id} re-queued ({task.kind})")
+            return 0
+        finally:
+            await pool.aclose()
+
+    return asyncio.run(run())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print a completed task's report (markdown)")
     p.add_argument("task_id")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("cancel", help="cancel a queued or running task")
+    p.add_argument("task_id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("dlq", help="operators: list or re-queue failed tasks (uses AGENTFARM_REDIS_URL)")
+    dlq_sub = p.add_subparsers(dest="action", required=True)
+    q = dlq_sub.add_parser("list", help="failed tasks, most recent first")
+    q.add_argument("--limit", type=int, default=100)
+    q = dlq_sub.add_parser("requeue", help="give a failed task a fresh start")
+    q.add_argument("task_id")
+    p.set_defaults(func=cmd_dlq)
     return parser
 
 

@@ -115,11 +115,17 @@ class TaskController(Controller):
     async def cancel_task(self, request: Req, task_id: FromPath[str], store: Store) -> Task:
         """Cancel a queued, retrying or running task; a running crew makes no further LLM calls."""
         await _owned(store, task_id, request.user.tenant)
-        task = await store.update(task_id, lambda t: t if t.finished else t.to("cancelled", stage="cancelled"))
+        finished_before: list[Status] = []
+
+        def cancel(task: Task) -> Task:
+            finished_before[:] = [task.status] if task.finished else []
+            return task if task.finished else task.to("cancelled", stage="cancelled")
+
+        task = await store.update(task_id, cancel)
         if task is None:
             raise NotFound(f"no task {task_id!r} for this API key")
-        if task.status != "cancelled":
-            raise Conflict(f"task {task_id} already finished as {task.status}; it cannot be cancelled")
+        if finished_before:
+            raise Conflict(f"task {task_id} already finished as {finished_before[0]}; it cannot be cancelled")
         log.info("task_cancelled", task_id=task_id, tenant=task.tenant)
         return task
 

@@ -86,11 +86,16 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            if any(k for k in client.keys("agentfarm:workers:*") if client.zcard(k)):
+            members = [m.decode() for k in client.keys("agentfarm:workers:*") for m in client.zrange(k, 0, -1)]
+            if any(m.split(":")[1] == str(self.process.pid) for m in members):
                 client.close()
                 return
             time.sleep(0.1)
         raise RuntimeError(f"worker did not start: {self.log_path.read_text()[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -1,0 +1,47 @@
+"""A private Agent Farm for one test: its own redis-server, worker processes and API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from litestar.testing import AsyncTestClient
+
+from jobs.settings import Settings, load_settings
+from service.app import create_app
+from tests.conftest import WorkerProcess, service_env
+from tests.support.llm_server import ScriptedLLM
+from tests.support.redis_server import RedisServer
+
+
+class Cluster:
+    """Fault-injection tests kill and restart its parts; nothing is shared with other tests."""
+
+    def __init__(self, tmp_path: Path, llm: ScriptedLLM, **env: str) -> None:
+        self.tmp_path = tmp_path
+        self.llm = llm
+        self.redis = RedisServer()
+        self.redis.start()
+        self.env = service_env(self.redis.url, llm, **env)
+        self.workers: list[WorkerProcess] = []
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.env, env_file=None)
+
+    def start_worker(self, *queues: str, **env: str) -> WorkerProcess:
+        worker = WorkerProcess({**self.env, **env}, self.tmp_path / f"worker-{len(self.workers)}.log", *queues)
+        self.workers.append(worker)
+        worker.wait_started(self.redis.url)
+        return worker
+
+    @asynccontextmanager
+    async def api(self) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+        async with AsyncTestClient(create_app(self.settings)) as client:
+            yield client
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.redis.close()
