@@ -22,7 +22,7 @@ os.environ.setdefault("CREWAI_STORAGE_DIR", str(Path(tempfile.gettempdir()) / "a
 
 from crewai import LLM, Agent, Crew, Process, Task
 from crewai.crews.crew_output import CrewOutput
-from crewai.hooks import register_before_llm_call_hook
+from crewai.hooks import register_after_llm_call_hook, register_before_llm_call_hook
 from crewai.hooks.llm_hooks import LLMCallHookContext
 from crewai.llms.base_llm import BaseLLM
 from crewai.tasks.task_output import TaskOutput
@@ -33,6 +33,7 @@ from crews.llm import LLMConfig
 from crews.params import AnyParams
 from crews.registry import Kind, crew_inputs, load_prompts, plan_for, subject_of
 from crews.results import Report, Section, Usage
+from crews.tracing import CrewTracer, tracer
 
 # Progress spent before the first LLM call, and the part spread over the tasks.
 _START_PROGRESS = 5
@@ -74,20 +75,26 @@ class _Tracker:
     observer: RunObserver
     tasks: list[Task]
     max_iter: int
+    spans: CrewTracer
     roles: dict[int, str] = field(default_factory=dict)
 
     def before_llm_call(self, task: Any, iterations: int) -> None:
         self.observer.before_llm_call()
         index = next((i for i, t in enumerate(self.tasks) if t is task), None)
-        if index is None:
-            return
-        within = min(iterations, self.max_iter) / (self.max_iter + 1)
-        stage = f"{self.roles.get(index, 'agent')}: {self.tasks[index].name}"
-        self.observer.on_progress(self._progress(index + within), stage)
+        if index is not None:
+            role = self.roles.get(index, "agent")
+            self.spans.task_started(index, role, self.tasks[index].name or "")
+            within = min(iterations, self.max_iter) / (self.max_iter + 1)
+            self.observer.on_progress(self._progress(index + within), f"{role}: {self.tasks[index].name}")
+        self.spans.call_started(iterations)
+
+    def after_llm_call(self) -> None:
+        self.spans.call_ended()
 
     def task_done(self, output: TaskOutput) -> None:
         index = next((i for i, t in enumerate(self.tasks) if t.name == output.name), None)
         if index is not None:
+            self.spans.task_ended()
             self.observer.on_progress(self._progress(index + 1), f"{self.roles.get(index, 'agent')}: done")
 
     def _progress(self, tasks_done: float) -> int:
@@ -104,6 +111,12 @@ def _before_llm_call(context: LLMCallHookContext) -> None:
         tracker.before_llm_call(context.task, context.iterations)
 
 
+def _after_llm_call(context: LLMCallHookContext) -> None:
+    tracker = _current.get()
+    if tracker is not None:
+        tracker.after_llm_call()
+
+
 def _task_done(output: TaskOutput) -> None:
     """Task callback (a plain function: crewai cannot checkpoint bound methods)."""
     tracker = _current.get()
@@ -112,6 +125,7 @@ def _task_done(output: TaskOutput) -> None:
 
 
 register_before_llm_call_hook(_before_llm_call)
+register_after_llm_call_hook(_after_llm_call)
 
 
 def build_llm(config: LLMConfig, params: AnyParams) -> BaseLLM:
@@ -139,7 +153,7 @@ def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObse
     max_iter = min(plan.max_iter, config.max_iter)
     agents: dict[str, Agent] = {}
     tasks: list[Task] = []
-    tracker = _Tracker(observer=observer, tasks=tasks, max_iter=max_iter)
+    provider = "agentfarm" if config.is_demo else config.model.partition("/")[0]
     for index, key in enumerate(plan.tasks):
         prompt = prompts.tasks[key]
         if prompt.agent not in agents:
@@ -153,7 +167,6 @@ def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObse
                 allow_delegation=False,
                 verbose=False,
             )
-        tracker.roles[index] = prompts.agents[prompt.agent].role
         last = index == len(plan.tasks) - 1
         tasks.append(
             Task(
@@ -166,14 +179,32 @@ def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObse
             )
         )
     crew = Crew(agents=list(agents.values()), tasks=tasks, process=Process.sequential, verbose=False)
-    token = _current.set(tracker)
-    try:
-        observer.before_llm_call()  # a run stopped before it began makes no call at all
-        observer.on_progress(_START_PROGRESS, "crew: starting")
-        output = crew.kickoff(inputs=crew_inputs(params))
-    finally:
-        _current.reset(token)
-        observer.on_usage(usage_of(llm, config))
+    attributes: dict[str, str | int] = {
+        "agentfarm.kind": kind,
+        "gen_ai.request.model": config.model_name,
+        "crewai.tasks": len(tasks),
+    }
+    with tracer.start_as_current_span(f"crew {kind}", attributes=attributes):
+        tracker = _Tracker(
+            observer=observer,
+            tasks=tasks,
+            max_iter=max_iter,
+            spans=CrewTracer(llm=llm, model=config.model_name, provider=provider),
+            roles={i: prompts.agents[prompts.tasks[key].agent].role for i, key in enumerate(plan.tasks)},
+        )
+        token = _current.set(tracker)
+        error: BaseException | None = None
+        try:
+            observer.before_llm_call()  # a run stopped before it began makes no call at all
+            observer.on_progress(_START_PROGRESS, "crew: starting")
+            output = crew.kickoff(inputs=crew_inputs(params))
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _current.reset(token)
+            tracker.spans.finished(error)
+            observer.on_usage(usage_of(llm, config))
     draft = output.pydantic if isinstance(output, CrewOutput) else None
     if not isinstance(draft, ReportDraft):
         raise CrewOutputError("the model's final answer did not match the report schema")

@@ -22,22 +22,27 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 from arq import Retry
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.exceptions import RedisError
 
 from crews.control import CrewStopped, StopReason
 from crews.failures import Failure, classify
 from crews.results import Report, Usage
 from crews.runner import run_crew
-from jobs import dlq
+from jobs import dlq, metrics
 from jobs.kinds import KINDS
 from jobs.models import Task, TaskError
 from jobs.ratelimit import SyncRateLimiter
 from jobs.settings import KindPolicy, RateLimit
+from jobs.telemetry import extract_context
 
 if TYPE_CHECKING:
     from jobs.worker import WorkerRuntime
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("agentfarm.jobs")
 
 
 class Execution:
@@ -205,7 +210,42 @@ async def _run(runtime: WorkerRuntime, task_id: str, job_id: str) -> None:
             ),
         )
         await dlq.add(runtime.redis, task_id)
+        metrics.task_finished(task.kind, "failed", 0.0)
         return
+    parent = extract_context(task.traceparent)
+    queued_s = max(0.0, time.time() - task.updated_at.timestamp()) if task.status == "queued" else None
+    if queued_s is not None:
+        _queue_wait_span(task, parent, queued_s)
+    attributes: dict[str, str | int] = {
+        "agentfarm.task.id": task_id,
+        "agentfarm.kind": task.kind,
+        "agentfarm.tenant": task.tenant,
+        "agentfarm.attempt": task.attempt + 1,
+        "messaging.system": "arq",
+        "messaging.message.id": job_id,
+    }
+    with tracer.start_as_current_span(
+        f"run_task {task.kind}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+    ):
+        await _run_execution(runtime, task, job_id, queued_s)
+
+
+def _queue_wait_span(task: Task, parent: Context, queued_s: float) -> None:
+    """The time the task spent queued, as a span of its own between the request and the job."""
+    end = time.time_ns()
+    span = tracer.start_span(
+        "queue wait",
+        context=parent,
+        start_time=end - int(queued_s * 1e9),
+        attributes={"agentfarm.queue": KINDS[task.kind].queue},
+    )
+    span.end(end_time=end)
+    metrics.DISPATCH_LATENCY.labels(kind=task.kind, queue=KINDS[task.kind].queue).observe(queued_s)
+
+
+async def _run_execution(runtime: WorkerRuntime, task: Task, job_id: str, queued_s: float | None) -> None:
+    store = runtime.store
+    task_id = task.id
     token = await runtime.leases.acquire(task_id, runtime.settings.task_ttl_s)
     if token is None:
         # Another execution holds the lease (a duplicate delivery): look again once it may have lapsed.
@@ -221,8 +261,7 @@ async def _run(runtime: WorkerRuntime, task_id: str, job_id: str) -> None:
             return  # cancelled or expired meanwhile
         runtime.active[task_id] = execution
         structlog.contextvars.bind_contextvars(attempt=started.attempt)
-        queued_s = max(0.0, time.time() - started.updated_at.timestamp()) if task.status == "queued" else 0.0
-        log.info("task_started", queued_s=round(queued_s, 3), worker_id=runtime.worker_id)
+        log.info("task_started", queued_s=round(queued_s or 0.0, 3), worker_id=runtime.worker_id)
         began = time.monotonic()
         observer = ExecutionObserver(runtime, execution)
         outcome = await _execute(runtime, execution, started, observer)
@@ -302,10 +341,19 @@ async def _settle(
     runtime: WorkerRuntime, execution: Execution, task: Task, outcome: Outcome, usage: Usage, duration_s: float
 ) -> None:
     policy = runtime.settings.policy(task.kind)
+    metrics.llm_usage(
+        usage.model or runtime.settings.llm.model_name,
+        task.kind,
+        calls=usage.llm_calls,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+    )
     fields = {"duration_s": round(duration_s, 3), "llm_calls": usage.llm_calls, "model": usage.model}
     if outcome.report is not None:
         report = outcome.report
-        await settled(runtime, execution, lambda t: t.to("completed", result=report, usage=usage))
+        done = await settled(runtime, execution, lambda t: t.to("completed", result=report, usage=usage))
+        if done is not None and done.status == "completed":
+            metrics.task_finished(task.kind, "completed", duration_s)
         log.info("task_finished", status="completed", **fields)
         return
     if outcome.stopped is not None:
@@ -313,13 +361,15 @@ async def _settle(
         if reason in ("soft_timeout", "timeout"):
             limit = policy.soft_timeout_s if reason == "soft_timeout" else policy.timeout_s
             error = TaskError(type="timeout", message=f"the crew did not finish within {limit:g} s ({reason})")
-            await _fail(runtime, execution, error, usage)
+            await _fail(runtime, execution, error, usage, task.kind, duration_s)
             log.warning("task_finished", status="failed", error_type="timeout", reason=reason, **fields)
         else:
             log.info("task_stopped", reason=reason, **fields)  # cancelled/superseded: the state is already settled
         return
     assert outcome.error is not None
     failure = classify(outcome.error)
+    metrics.LLM_ERRORS.labels(model=usage.model or runtime.settings.llm.model_name, error_type=failure.type).inc()
+    trace.get_current_span().set_status(Status(StatusCode.ERROR, failure.type))
     error = TaskError(type=failure.type, message=failure.message)
     if failure.transient and task.attempt < task.max_attempts:
         delay = backoff_s(policy, task.attempt, failure)
@@ -334,15 +384,19 @@ async def _settle(
             "task_retrying", error_type=failure.type, error=failure.message, retry_in_s=round(delay, 2), **fields
         )
         if written is not None and written.status == "retrying":
+            metrics.TASK_RETRIES.labels(kind=task.kind).inc()
             raise Retry(defer=delay)
         return
     if failure.transient:
         error = TaskError(type=failure.type, message=f"{failure.message} (gave up after {task.attempt} attempts)")
-    await _fail(runtime, execution, error, usage)
+    await _fail(runtime, execution, error, usage, task.kind, duration_s)
     log.warning("task_finished", status="failed", error_type=error.type, error=error.message, **fields)
 
 
-async def _fail(runtime: WorkerRuntime, execution: Execution, error: TaskError, usage: Usage) -> None:
+async def _fail(
+    runtime: WorkerRuntime, execution: Execution, error: TaskError, usage: Usage, kind: str, duration_s: float
+) -> None:
     failed = await settled(runtime, execution, lambda t: t.to("failed", error=error, usage=usage))
     if failed is not None and failed.status == "failed":
         await dlq.add(runtime.redis, execution.task_id)
+        metrics.task_finished(kind, "failed", duration_s)

@@ -66,6 +66,8 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     run_token: int = 0
     worker_id: str | None = None
     job_id: str | None = None
+    # W3C trace context of the request that created the task: the worker's spans continue its trace.
+    traceparent: str | None = None
 
     @property
     def finished(self) -> bool:

@@ -89,6 +89,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_lease_s: float = 15.0
     # On SIGTERM, how long running crews may finish before they are handed back to the queue.
     worker_shutdown_grace_s: float = 30.0
+    worker_metrics_port: int = 9100  # each worker serves Prometheus /metrics here; 0: off
     admin_keys: tuple[str, ...] = ()  # SHA-256 digests of operator keys (dead-letter endpoints)
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
@@ -270,6 +271,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         worker_lease_s=r.get("AGENTFARM_WORKER_LEASE_S", defaults.worker_lease_s, _positive_float, seconds),
         worker_shutdown_grace_s=r.get(
             "AGENTFARM_WORKER_SHUTDOWN_GRACE_S", defaults.worker_shutdown_grace_s, _non_negative_float, seconds_or_0
+        ),
+        worker_metrics_port=r.get(
+            "AGENTFARM_WORKER_METRICS_PORT", defaults.worker_metrics_port, _bounded_int(0, 65535), "a port 0-65535"
         ),
         admin_keys=r.get("AGENTFARM_ADMIN_KEYS", (), _admin_keys, "comma-separated keys of 8+ characters", secret=True),
         log_level=r.get(

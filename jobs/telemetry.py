@@ -45,12 +45,14 @@ from typing import Any, Literal
 from opentelemetry import propagate, trace
 from opentelemetry._logs import SeverityNumber, set_logger_provider
 from opentelemetry.context import Context, get_current
+from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk import version as sdk_version
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import format_span_id, format_trace_id
 from opentelemetry.util.re import parse_env_headers
 from structlog.typing import EventDict, WrappedLogger
@@ -97,14 +99,28 @@ class Telemetry:
         logger_provider: LoggerProvider | None = None,
         traces_target: ExportTarget | None = None,
         logs_target: ExportTarget | None = None,
+        redis_tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
+        self.redis_tracer_provider = redis_tracer_provider
         self.logger_provider = logger_provider
         self.traces_target = traces_target
         self.logs_target = logs_target
         self._handler: OTLPLogHandler | None = None
         self._stopped = False
         self._lock = threading.Lock()
+
+    def instrument_redis(self) -> None:
+        """Trace Redis commands made inside a trace (a task's request or job).
+
+        arq polls Redis many times a second; those commands have no parent span
+        and would each become a trace of their own, so Redis spans get a provider
+        that samples only children of an existing span.
+        """
+        if self.redis_tracer_provider is not None:
+            instrumentor = RedisInstrumentor()
+            if not instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.instrument(tracer_provider=self.redis_tracer_provider)
 
     @property
     def enabled(self) -> bool:
@@ -199,7 +215,15 @@ def _build(service_name: str, env: Mapping[str, str]) -> Telemetry:
     traces_target = export_target("traces", env)
     logs_target = export_target("logs", env)
     resource = build_resource(service_name, env)
-    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    # One processor chain shared by the main provider and the Redis one (see instrument_redis).
+    processors = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False, active_span_processor=processors)
+    redis_tracer_provider = TracerProvider(
+        resource=resource,
+        shutdown_on_exit=False,
+        active_span_processor=processors,
+        sampler=ParentBased(root=ALWAYS_OFF),
+    )
     if traces_target is not None:
         tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces_target)))
     logger_provider: LoggerProvider | None = None
@@ -212,6 +236,7 @@ def _build(service_name: str, env: Mapping[str, str]) -> Telemetry:
         logger_provider=logger_provider,
         traces_target=traces_target,
         logs_target=logs_target,
+        redis_tracer_provider=redis_tracer_provider,
     )
 
 

@@ -21,6 +21,7 @@ from service.admin import AdminController
 from service.auth import bearer_auth
 from service.errors import to_problem
 from service.health import HealthController
+from service.observability import MetricsController, request_metrics, tracing_plugin
 from service.openapi import StrictStructSchemaPlugin, openapi_config
 from service.submit import Submitter
 from service.tasks import TaskController
@@ -66,7 +67,7 @@ def create_app(settings: Settings) -> Litestar:
         return queue
 
     return Litestar(
-        route_handlers=[TaskController, AdminController, HealthController],
+        route_handlers=[TaskController, AdminController, HealthController, MetricsController],
         state=State({"settings": settings}),
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
@@ -75,10 +76,10 @@ def create_app(settings: Settings) -> Litestar:
             "tasks": Provide(provide_submitter, sync_to_thread=False),
         },
         lifespan=[redis_lifespan],
-        middleware=[access_log, bearer_auth(settings.api_keys)],
+        middleware=[access_log, request_metrics().middleware, bearer_auth(settings.api_keys)],
         exception_handlers={Exception: to_problem},
         openapi_config=openapi_config(app_version()),
-        plugins=[StrictStructSchemaPlugin()],
+        plugins=[StrictStructSchemaPlugin(), tracing_plugin()],
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,  # logging is configured once, by service.logs

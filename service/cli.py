@@ -23,7 +23,9 @@ import httpx
 import structlog
 
 from jobs.kinds import KINDS, QUEUES, Queue
+from jobs.metrics import start_worker_metrics_server
 from jobs.settings import Settings, SettingsError, load_settings
+from jobs.telemetry import Telemetry, setup_telemetry
 from service.logs import configure_logging
 
 log = structlog.get_logger("agentfarm.cli")
@@ -41,6 +43,26 @@ def _settings() -> Settings:
     return settings
 
 
+def _telemetry(service_name: str) -> Telemetry:
+    """OpenTelemetry from the standard OTEL_* variables; logs also go over OTLP when an endpoint is set."""
+    try:
+        telemetry = setup_telemetry(service_name)
+    except ValueError as exc:
+        print(f"agentfarm: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    handler = telemetry.log_handler()
+    if handler is not None:
+        logging.getLogger().addHandler(handler)
+    telemetry.instrument_redis()
+    log.info(
+        "telemetry",
+        enabled=telemetry.enabled,
+        traces_to=telemetry.traces_target.endpoint if telemetry.traces_target else None,
+        logs_to=telemetry.logs_target.endpoint if telemetry.logs_target else None,
+    )
+    return telemetry
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
@@ -48,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
 
     settings = _settings()
+    telemetry = _telemetry("agentfarm-api")
     config = Config()
     config.bind = [f"{args.host}:{args.port}"]
     config.accesslog = None  # one line per request comes from our own middleware
@@ -70,7 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.warning("no_api_keys", hint="set AGENTFARM_API_KEYS=tenant:key; every request will get 401")
         await serve(create_app(settings), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        telemetry.shutdown()
     return 0
 
 
@@ -82,10 +108,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
             model=settings.llm.model_name,
             hint="no AGENTFARM_LLM_MODEL set: reports come from the built-in offline demo model",
         )
+    telemetry = _telemetry("agentfarm-worker")
     from jobs.worker import serve  # imports crewai: only worker processes pay for it
 
+    try:
+        start_worker_metrics_server(settings.worker_metrics_port)
+    except OSError as exc:
+        log.warning(
+            "worker_metrics_not_served",
+            port=settings.worker_metrics_port,
+            error=str(exc),
+            hint="set AGENTFARM_WORKER_METRICS_PORT to a free port (or 0 for none) per worker process",
+        )
     queues: tuple[Queue, ...] = tuple(dict.fromkeys(args.queue or QUEUES))
-    asyncio.run(serve(settings, queues, burst=args.burst))
+    try:
+        asyncio.run(serve(settings, queues, burst=args.burst))
+    finally:
+        telemetry.shutdown()
     return 0
 
 

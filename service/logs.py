@@ -12,6 +12,8 @@ from typing import Any
 
 import structlog
 
+from jobs.telemetry import add_trace_context
+
 # Third-party loggers that speak too much at INFO for a service log.
 _QUIET = {
     "crewai": logging.WARNING,
@@ -32,6 +34,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

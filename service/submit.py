@@ -11,12 +11,13 @@ from arq.connections import ArqRedis
 
 from crews.params import AnyParams
 from crews.registry import Kind
-from jobs import idempotency
+from jobs import idempotency, metrics
 from jobs.models import Task, TaskError, utcnow
 from jobs.queue import enqueue
 from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings
 from jobs.store import TaskStore
+from jobs.telemetry import current_trace_id, inject_traceparent
 from service.auth import Caller
 from service.errors import Conflict, DependencyDown, InvalidInput, RateLimited, Unprocessable
 
@@ -93,6 +94,8 @@ class Submitter:
             created_at=now,
             updated_at=now,
             job_id=task_id,
+            trace_id=current_trace_id(),
+            traceparent=inject_traceparent(),
         )
         await self.store.create(task)
         try:
@@ -101,4 +104,5 @@ class Submitter:
             # Never leave a task that claims to be queued but is not.
             await self.store.update(task.id, lambda t: t.to("failed", error=_ENQUEUE_FAILED))
             raise DependencyDown("the task could not be queued; it was marked failed, submit it again") from exc
+        metrics.TASKS_SUBMITTED.labels(kind=kind).inc()
         return task

@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from crews.params import AnyParams, InvestmentParams, ResearchParams, SwotParams, TechnicalReviewParams
 from crews.registry import Kind
+from jobs import metrics
 from jobs.models import Status, Task
 from jobs.store import InvalidCursor, TaskStore
 from service.auth import Caller
@@ -126,6 +127,7 @@ class TaskController(Controller):
             raise NotFound(f"no task {task_id!r} for this API key")
         if finished_before:
             raise Conflict(f"task {task_id} already finished as {finished_before[0]}; it cannot be cancelled")
+        metrics.TASKS_FINISHED.labels(kind=task.kind, status="cancelled").inc()
         log.info("task_cancelled", task_id=task_id, tenant=task.tenant)
         return task
 

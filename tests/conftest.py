@@ -47,6 +47,7 @@ def service_env(redis_url: str, llm: ScriptedLLM | None, **extra: str) -> dict[s
         AGENTFARM_API_KEYS=f"acme:{ACME_KEY},beta:{BETA_KEY}",
         AGENTFARM_WORKER_CONCURRENCY="4",
         AGENTFARM_WORKER_HEARTBEAT_S="0.5",
+        AGENTFARM_WORKER_METRICS_PORT="0",  # several workers share this host; tests that scrape pick a port
         AGENTFARM_WORKER_LEASE_S="1.5",
         AGENTFARM_WORKER_SHUTDOWN_GRACE_S="10",
         AGENTFARM_LOG_FORMAT="json",
