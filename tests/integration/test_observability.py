@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ACME, ROOT, SCRIPTED_MODEL
+from tests.deploy.test_configs import KNOWN_METRICS
 from tests.support.cluster import Cluster
 from tests.support.llm_server import ScriptedLLM, count_tokens
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
@@ -196,6 +197,11 @@ class TestMetrics:
             "request paths are grouped by route, not one series per task"
         )
         assert "/health/" not in api_metrics
+        # Every series the dashboards and alerts use (tests/deploy) is exposed by a process.
+        # The HTTP error counter appears with the first failing request, which this test does not make.
+        exposed = set(re.findall(r"agentfarm_[a-z_]+", api_metrics + worker_metrics))
+        expected = KNOWN_METRICS - {"agentfarm_http_requests_error_total"}
+        assert all(name in exposed or f"{name}_bucket" in exposed for name in expected), expected - exposed
 
 
 class TestCollectorDown:
