@@ -305,30 +305,34 @@ async def _execute(runtime: WorkerRuntime, execution: Execution, task: Task, obs
     )
     stop_waiter: asyncio.Future[Any] = asyncio.ensure_future(execution.stopped.wait())
     began = time.monotonic()
+
+    async def finished_within(limit_s: float, *, or_stop_request: bool) -> bool:
+        waiters = {future, stop_waiter} if or_stop_request else {future}
+        timeout = max(0.0, limit_s - (time.monotonic() - began))
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        return future.done()
+
     try:
-        for limit_s, reason in ((policy.soft_timeout_s, "soft_timeout"), (policy.timeout_s, "timeout")):
-            remaining = limit_s - (time.monotonic() - began)
-            done, _ = await asyncio.wait(
-                {future, stop_waiter}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
-            )
-            if future in done:
-                try:
-                    return Outcome(report=future.result())
-                except CrewStopped as stopped:
-                    return Outcome(stopped=stopped.reason)
-                except Exception as exc:  # noqa: BLE001 - every crew failure is classified, none is lost
-                    return Outcome(error=exc)
-            if stop_waiter in done:
+        if not await finished_within(policy.soft_timeout_s, or_stop_request=True):
+            if execution.stop_reason is not None:
                 # Cancelled, superseded or shutting down: stop waiting; the thread stops at its next LLM call.
                 return Outcome(stopped=execution.stop_reason)
-            execution.stop(reason)  # type: ignore[arg-type]
-            if reason == "timeout":
-                return Outcome(stopped="timeout")
-            stop_waiter = asyncio.ensure_future(asyncio.sleep(policy.timeout_s))  # soft stop asked: wait for the crew
-        return Outcome(stopped="timeout")
+            execution.stop("soft_timeout")  # the crew stops before its next LLM call
+            if not await finished_within(policy.timeout_s, or_stop_request=False):
+                return Outcome(stopped="timeout")  # abandon the thread: it can make no further call
+        return _outcome(future)
     finally:
         stop_waiter.cancel()
         future.add_done_callback(_log_abandoned)
+
+
+def _outcome(future: asyncio.Future[Any]) -> Outcome:
+    try:
+        return Outcome(report=future.result())
+    except CrewStopped as stopped:
+        return Outcome(stopped=stopped.reason)
+    except Exception as exc:  # noqa: BLE001 - every crew failure is classified, none is lost
+        return Outcome(error=exc)
 
 
 def _log_abandoned(future: asyncio.Future[Any]) -> None:

@@ -29,6 +29,14 @@ class InvalidTransition(Exception):
     """A status change that the task's lifecycle does not allow (a bug or a race lost)."""
 
 
+class AlreadyFinished(InvalidTransition):
+    """The task reached a final status before this request to change it."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(f"task {task.id} already finished as {task.status}")
+        self.status = task.status
+
+
 class TaskError(msgspec.Struct, frozen=True, kw_only=True):
     """Why a task failed: a stable type and a message a person can act on."""
 
@@ -84,6 +92,12 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
             changes.setdefault("progress", 100)
             changes.setdefault("stage", "completed")
         return msgspec.structs.replace(self, status=status, updated_at=now, **changes)
+
+    def cancelled(self) -> Task:
+        """This task cancelled by its owner; a running crew notices and stops before its next LLM call."""
+        if self.finished:
+            raise AlreadyFinished(self)
+        return self.to("cancelled", stage="cancelled")
 
     def started(self, *, run_token: int, worker_id: str, job_id: str) -> Task:
         """This task taken by a new execution (which holds its lease), as attempt ``attempt + 1``.

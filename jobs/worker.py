@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -74,8 +75,7 @@ class WorkerRuntime:
         self.pool.shutdown(wait=False, cancel_futures=True)
         await self.redis.aclose()
 
-    async def _every(self, interval_s: float, step: object, name: str) -> None:
-        assert callable(step)
+    async def _every(self, interval_s: float, step: Callable[[], Awaitable[None]], name: str) -> None:
         while True:
             await asyncio.sleep(interval_s)
             try:

@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from crews.params import AnyParams, InvestmentParams, ResearchParams, SwotParams, TechnicalReviewParams
 from crews.registry import Kind
 from jobs import metrics
-from jobs.models import Status, Task
+from jobs.models import AlreadyFinished, Status, Task
 from jobs.store import InvalidCursor, TaskStore
 from service.auth import Caller
 from service.errors import Conflict, InvalidInput, NotFound
@@ -116,17 +116,12 @@ class TaskController(Controller):
     async def cancel_task(self, request: Req, task_id: FromPath[str], store: Store) -> Task:
         """Cancel a queued, retrying or running task; a running crew makes no further LLM calls."""
         await _owned(store, task_id, request.user.tenant)
-        finished_before: list[Status] = []
-
-        def cancel(task: Task) -> Task:
-            finished_before[:] = [task.status] if task.finished else []
-            return task if task.finished else task.to("cancelled", stage="cancelled")
-
-        task = await store.update(task_id, cancel)
+        try:
+            task = await store.update(task_id, Task.cancelled)
+        except AlreadyFinished as finished:
+            raise Conflict(f"task {task_id} already finished as {finished.status}; it cannot be cancelled") from None
         if task is None:
             raise NotFound(f"no task {task_id!r} for this API key")
-        if finished_before:
-            raise Conflict(f"task {task_id} already finished as {finished_before[0]}; it cannot be cancelled")
         metrics.TASKS_FINISHED.labels(kind=task.kind, status="cancelled").inc()
         log.info("task_cancelled", task_id=task_id, tenant=task.tenant)
         return task
