@@ -14,6 +14,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,6 +126,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings, queues, burst=args.burst))
     finally:
         telemetry.shutdown()
+    stuck = [t.name for t in threading.enumerate() if t.name.startswith("crew") and t.is_alive()]
+    if stuck:
+        # Stopped crews still inside an LLM call: their tasks were handed back and their next
+        # call is refused, so waiting for them (up to the LLM timeout) would only delay the exit.
+        log.info("worker_exit_abandoning_threads", threads=len(stuck))
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
