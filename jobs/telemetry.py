@@ -44,6 +44,7 @@ from typing import Any, Literal
 from opentelemetry import propagate, trace
 from opentelemetry._logs import set_logger_provider
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk import version as sdk_version
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
@@ -374,50 +375,35 @@ def _require_grpc(variable: str) -> None:
         ) from None
 
 
-def _span_exporter(target: ExportTarget) -> SpanExporter:
+# The OTLP exporter class of each signal and protocol (the gRPC ones are optional).
+_EXPORTERS: dict[tuple[Signal, OtlpProtocol], str] = {
+    ("traces", "http/protobuf"): "opentelemetry.exporter.otlp.proto.http.trace_exporter:OTLPSpanExporter",
+    ("logs", "http/protobuf"): "opentelemetry.exporter.otlp.proto.http._log_exporter:OTLPLogExporter",
+    ("traces", "grpc"): "opentelemetry.exporter.otlp.proto.grpc.trace_exporter:OTLPSpanExporter",
+    ("logs", "grpc"): "opentelemetry.exporter.otlp.proto.grpc._log_exporter:OTLPLogExporter",
+}
+
+
+def _exporter(target: ExportTarget) -> Any:
+    module, _, name = _EXPORTERS[(target.signal, target.protocol)].partition(":")
+    exporter_class = getattr(importlib.import_module(module), name)
     if target.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415 - optional package
-            OTLPSpanExporter as GrpcSpanExporter,
-        )
+        compression = _grpc_compression(target)
+        headers: Mapping[str, str] = dict(target.headers)
+    else:
+        compression = Compression(target.compression)
+        headers = target.headers
+    return exporter_class(endpoint=target.endpoint, headers=headers, timeout=target.timeout_s, compression=compression)
 
-        return GrpcSpanExporter(
-            endpoint=target.endpoint,
-            headers=dict(target.headers),
-            timeout=target.timeout_s,
-            compression=_grpc_compression(target),
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415 - beside its sibling
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
 
-    return OTLPSpanExporter(
-        endpoint=target.endpoint,
-        headers=target.headers,
-        timeout=target.timeout_s,
-        compression=Compression(target.compression),
-    )
+def _span_exporter(target: ExportTarget) -> SpanExporter:
+    exporter: SpanExporter = _exporter(target)
+    return exporter
 
 
 def _log_exporter(target: ExportTarget) -> LogRecordExporter:
-    if target.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # noqa: PLC0415 - optional package
-            OTLPLogExporter as GrpcLogExporter,
-        )
-
-        return GrpcLogExporter(
-            endpoint=target.endpoint,
-            headers=dict(target.headers),
-            timeout=target.timeout_s,
-            compression=_grpc_compression(target),
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415 - beside its sibling
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter  # noqa: PLC0415
-
-    return OTLPLogExporter(
-        endpoint=target.endpoint,
-        headers=target.headers,
-        timeout=target.timeout_s,
-        compression=Compression(target.compression),
-    )
+    exporter: LogRecordExporter = _exporter(target)
+    return exporter
 
 
 def _grpc_compression(target: ExportTarget) -> Any:
