@@ -7,6 +7,7 @@ from typing import Literal
 from arq.connections import ArqRedis
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from redis.exceptions import RedisError
 
 from jobs.kinds import QUEUES
@@ -25,7 +26,12 @@ class HealthController(Controller):
         """The process is up and serving."""
         return Liveness()
 
-    @get("/ready", summary="Readiness", cache=False, responses={})
+    @get(
+        "/ready",
+        summary="Readiness",
+        cache=False,
+        responses={503: ResponseSpec(data_container=Readiness, description="Redis is unreachable.")},
+    )
     async def ready(self, queue: NamedDependency[ArqRedis], settings: NamedDependency[Settings]) -> Response[Readiness]:
         """Redis is reachable (else 503); live workers and depth per queue ("degraded" when a queue has none)."""
         try:

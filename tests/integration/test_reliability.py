@@ -313,6 +313,26 @@ class TestGracefulShutdown:
         assert all(c.at < stopped_at for c in calls[: len(calls) - 3])
 
 
+class TestOutboundLimit:
+    async def test_llm_calls_are_spread_by_the_shared_rpm_limit(
+        self, make_cluster: Any, llm_server: ScriptedLLM
+    ) -> None:
+        """With AGENTFARM_LLM_RPM set, crews in two workers together stay under it: calls are spaced 60/rpm apart."""
+        cluster = make_cluster(AGENTFARM_LLM_RPM="120")  # one call every 0.5 s across all workers
+        cluster.start_worker()
+        cluster.start_worker()
+        async with cluster.api() as api:
+            ids = [await submit(api, "swot", {"company": f"Quota Corp {i}"}) for i in range(2)]
+            finals = [(await wait_finished(api, i, ACME))[0] for i in ids]
+        assert [f["status"] for f in finals] == ["completed", "completed"]
+        times = sorted(r.at for r in llm_server.requests)
+        assert len(times) == 6
+        # Slots are granted 0.5 s apart; a crew's first call may leave a little later after its slot,
+        # so judge pairs of gaps: any three calls span at least ~one second (unlimited: a few ms).
+        assert min(times[i + 2] - times[i] for i in range(len(times) - 2)) >= 0.7
+        assert times[-1] - times[0] >= 5 * 0.5 - 0.3
+
+
 class TestVolume:
     async def test_300_tasks_with_two_workers_all_finish(self, cluster: Cluster) -> None:
         """300 tasks submitted at once to two workers all reach a final state; none is lost."""
