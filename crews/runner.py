@@ -195,7 +195,6 @@ def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObse
         token = _current.set(tracker)
         error: BaseException | None = None
         try:
-            observer.before_llm_call()  # a run stopped before it began makes no call at all
             observer.on_progress(_START_PROGRESS, "crew: starting")
             output = crew.kickoff(inputs=crew_inputs(params))
         except BaseException as exc:
