@@ -317,8 +317,8 @@ class TestOutboundLimit:
     async def test_llm_calls_are_spread_by_the_shared_rpm_limit(
         self, make_cluster: Any, llm_server: ScriptedLLM
     ) -> None:
-        """With AGENTFARM_LLM_RPM set, crews in two workers together stay under it: calls are spaced 60/rpm apart."""
-        cluster = make_cluster(AGENTFARM_LLM_RPM="120")  # one call every 0.5 s across all workers
+        """With AGENTFARM_LLM_RPM set, crews in two workers together stay under it: calls are spaced ~60/rpm apart."""
+        cluster = make_cluster(AGENTFARM_LLM_RPM="40")  # one call every 1.5 s across all workers
         cluster.start_worker()
         cluster.start_worker()
         async with cluster.api() as api:
@@ -327,12 +327,11 @@ class TestOutboundLimit:
         assert [f["status"] for f in finals] == ["completed", "completed"]
         times = sorted(r.at for r in llm_server.requests)
         assert len(times) == 6
-        # Slots are granted 0.5 s apart (unlimited, all six calls take a few ms). crewai spends a
-        # moment between a crew's first slot and its request, so two calls may arrive close together
-        # once; the rest keep the spacing.
+        # Slots are granted 1.5 s apart (unlimited, all six calls take a few ms). crewai spends up to
+        # ~0.6 s between a slot and its request, so single gaps vary; the spacing still shows.
         gaps = sorted(b - a for a, b in itertools.pairwise(times))
-        assert gaps[len(gaps) // 2] >= 0.45
-        assert times[-1] - times[0] >= 1.5
+        assert gaps[len(gaps) // 2] >= 1.0
+        assert times[-1] - times[0] >= 5 * 1.5 - 1.5
 
 
 class TestVolume:
