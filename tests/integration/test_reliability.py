@@ -163,10 +163,12 @@ class TestTimeLimits:
         async with cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Slow Corp"})
             final, _ = await wait_finished(api, task_id, ACME)
+            failed_seen_at = time.time()
             assert final["status"] == "failed" and final["error"]["type"] == "timeout"
             assert final["finished_at"] is not None
             await asyncio.sleep(3.5)  # the in-flight call returns; the crew would make its next one now
-        assert len(llm_server.received(containing="Slow Corp")) == 1
+        calls = llm_server.received(containing="Slow Corp")
+        assert len(calls) <= 1 and all(c.at < failed_seen_at for c in calls), "a call reached the LLM after the limit"
 
     async def test_soft_timeout_stops_the_crew_between_calls(self, make_cluster: Any, llm_server: ScriptedLLM) -> None:
         """At the soft limit the crew stops before its next LLM call and the task fails as timed out."""
@@ -178,7 +180,7 @@ class TestTimeLimits:
             final, _ = await wait_finished(api, task_id, ACME)
         assert final["status"] == "failed" and final["error"]["type"] == "timeout"
         assert "soft_timeout" in final["error"]["message"]
-        assert len(llm_server.received(containing="Dawdle Corp")) == 1
+        assert len(llm_server.received(containing="Dawdle Corp")) <= 1  # at most the call already in flight
 
 
 class TestCancellation:
