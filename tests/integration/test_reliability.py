@@ -157,18 +157,17 @@ class TestTimeLimits:
         self, make_cluster: Any, llm_server: ScriptedLLM
     ) -> None:
         """At the hard limit the task fails as timed out, and the crew's next LLM call never reaches the LLM."""
-        cluster = make_cluster(AGENTFARM_SWOT_SOFT_TIMEOUT_S="1", AGENTFARM_SWOT_TIMEOUT_S="1")
+        cluster = make_cluster(AGENTFARM_SWOT_SOFT_TIMEOUT_S="2", AGENTFARM_SWOT_TIMEOUT_S="2")
         cluster.start_worker()
-        llm_server.default_delay_s = 2.0
+        llm_server.default_delay_s = 3.0  # the first call is still in flight at the limit
         async with cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Slow Corp"})
             final, _ = await wait_finished(api, task_id, ACME)
-            failed_seen_at = time.time()
             assert final["status"] == "failed" and final["error"]["type"] == "timeout"
             assert final["finished_at"] is not None
-            await asyncio.sleep(3.5)  # the in-flight call returns; the crew would make its next one now
-        calls = llm_server.received(containing="Slow Corp")
-        assert len(calls) <= 1 and all(c.at < failed_seen_at for c in calls), "a call reached the LLM after the limit"
+            await asyncio.sleep(4)  # the in-flight call returns; the crew would make its next one now
+        # Only the call already in flight at the limit; no second one.
+        assert len(llm_server.received(containing="Slow Corp")) == 1
 
     async def test_soft_timeout_stops_the_crew_between_calls(self, make_cluster: Any, llm_server: ScriptedLLM) -> None:
         """At the soft limit the crew stops before its next LLM call and the task fails as timed out."""
