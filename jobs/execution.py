@@ -110,8 +110,12 @@ class ExecutionObserver:
             if pending is None:
                 return
             progress, stage = pending
+
+            def advance(task: Task, progress: int = progress, stage: str = stage) -> Task:
+                return task.with_progress(progress, stage)
+
             try:
-                await fenced(self._runtime, self._execution, lambda t: t.with_progress(progress, stage))  # noqa: B023
+                await fenced(self._runtime, self._execution, advance)
             except RedisError:
                 log.warning("progress_write_failed", task_id=self._execution.task_id, exc_info=True)
 

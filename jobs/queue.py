@@ -7,7 +7,7 @@ import time
 import msgspec
 from arq.connections import ArqRedis
 
-from jobs.kinds import KINDS, Queue
+from jobs.kinds import KINDS, QUEUES, Queue
 from jobs.models import Task
 
 JOB_FUNCTION = "run_task"
@@ -47,3 +47,8 @@ async def live_workers(pool: ArqRedis, queue: Queue, heartbeat_s: float) -> int:
 async def queue_depth(pool: ArqRedis, queue: Queue) -> int:
     """Jobs waiting or running on ``queue`` (arq keeps running jobs in the set)."""
     return int(await pool.zcard(queue_key(queue)))
+
+
+async def queue_snapshot(pool: ArqRedis, heartbeat_s: float) -> dict[str, tuple[int, int]]:
+    """Per queue: (depth, live workers) — what readiness and the metrics page both report."""
+    return {q: (await queue_depth(pool, q), await live_workers(pool, q, heartbeat_s)) for q in QUEUES}

@@ -10,8 +10,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from redis.exceptions import RedisError
 
-from jobs.kinds import QUEUES
-from jobs.queue import live_workers, queue_depth
+from jobs.queue import queue_snapshot
 from jobs.settings import Settings
 from service.schemas import Liveness, QueueHealth, Readiness
 
@@ -36,13 +35,8 @@ class HealthController(Controller):
         """Redis is reachable (else 503); live workers and depth per queue ("degraded" when a queue has none)."""
         try:
             await queue.ping()
-            queues: dict[str, QueueHealth] = {
-                q: QueueHealth(
-                    live_workers=await live_workers(queue, q, settings.worker_heartbeat_s),
-                    depth=await queue_depth(queue, q),
-                )
-                for q in QUEUES
-            }
+            snapshot = await queue_snapshot(queue, settings.worker_heartbeat_s)
+            queues = {q: QueueHealth(depth=depth, live_workers=live) for q, (depth, live) in snapshot.items()}
         except (RedisError, OSError):
             return Response(Readiness(status="unavailable", redis="unreachable"), status_code=503)
         status: Literal["ready", "degraded"] = "ready" if all(h.live_workers for h in queues.values()) else "degraded"

@@ -16,8 +16,7 @@ from prometheus_client import REGISTRY as HTTP_REGISTRY
 from prometheus_client import generate_latest
 
 from jobs import metrics
-from jobs.kinds import QUEUES
-from jobs.queue import live_workers, queue_depth
+from jobs.queue import queue_snapshot
 from jobs.settings import Settings
 
 # Probes and scrapes are not traced or counted: they would drown the requests that matter.
@@ -54,10 +53,7 @@ class MetricsController(Controller):
         """Prometheus exposition: HTTP requests, tasks submitted here, and queue depth and live workers from Redis."""
 
         async def snapshot() -> dict[str, tuple[int, int]]:
-            return {
-                q: (await queue_depth(queue, q), await live_workers(queue, q, settings.worker_heartbeat_s))
-                for q in QUEUES
-            }
+            return await queue_snapshot(queue, settings.worker_heartbeat_s)
 
         body = generate_latest(HTTP_REGISTRY) + await metrics.render_metrics(metrics.REGISTRY, snapshot)
         return Response(body, media_type=metrics.CONTENT_TYPE)
