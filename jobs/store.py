@@ -44,16 +44,21 @@ class Page:
 
 
 def _encode_cursor(score: float, task_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{int(score)}:{task_id}".encode()).decode().rstrip("=")
+    # repr() of a float round-trips exactly: a cursor must name the boundary's exact
+    # score, or members sharing its millisecond are skipped.
+    return base64.urlsafe_b64encode(f"{score!r}:{task_id}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[int, str]:
+def _decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, _, task_id = raw.partition(":")
-        return int(score), task_id
+        value = float(score)
     except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
         raise InvalidCursor(cursor) from exc
+    if not task_id or value != value or value in (float("inf"), float("-inf")):
+        raise InvalidCursor(cursor)
+    return value, task_id
 
 
 class TaskStore:
@@ -122,41 +127,41 @@ class TaskStore:
         status: Status | None = None,
         kind: Kind | None = None,
     ) -> Page:
-        """The tenant's tasks, newest first, ``limit`` at a time."""
+        """The tenant's tasks, newest first, ``limit`` at a time.
+
+        ``next_cursor`` is handed out only when at least one more matching task
+        exists, so a last full page does not lead to an empty one.
+        """
         index = tenant_index_key(tenant)
-        max_score: float | str = "+inf"
-        after_id: str | None = None
-        if cursor:
-            max_score, after_id = _decode_cursor(cursor)
+        bound: tuple[float, str] | None = _decode_cursor(cursor) if cursor else None
         items: list[Task] = []
+        last: tuple[float, str] | None = None
         batch = max(limit * 2, 50)
         while True:
-            rows = await self.redis.zrevrangebyscore(index, max_score, "-inf", start=0, num=batch, withscores=True)
-            if not rows:
-                return Page(items, None)
+            top: float | str = "+inf" if bound is None else bound[0]
+            rows = await self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=batch, withscores=True)
             ids: list[str] = []
-            scores: dict[str, float] = {}
+            scores: list[float] = []
             for member, score in rows:
                 task_id = member.decode() if isinstance(member, bytes) else str(member)
-                # Members of equal score come in reverse lexical order; skip up to the cursor.
-                if after_id is not None and score == max_score and task_id >= after_id:
+                # Equal scores come in reverse lexical order: skip up to and including the bound.
+                if bound is not None and score == bound[0] and task_id >= bound[1]:
                     continue
                 ids.append(task_id)
-                scores[task_id] = score
-            if not ids:
-                if len(rows) < batch:
-                    return Page(items, None)
-                batch *= 2  # a run of equal scores longer than a batch: read further
-                continue
-            raws = await self.redis.mget([task_key(i) for i in ids])
-            for task_id, raw in zip(ids, raws, strict=True):
-                max_score, after_id = int(scores[task_id]), task_id
+                scores.append(score)
+            raws = await self.redis.mget([task_key(i) for i in ids]) if ids else []
+            for task_id, score, raw in zip(ids, scores, raws, strict=True):
+                bound = (score, task_id)
                 if raw is None:
                     continue
                 task = _decoder.decode(raw)
                 if (status is None or task.status == status) and (kind is None or task.kind == kind):
+                    if len(items) == limit:  # one more exists: the page ends at the last item taken
+                        assert last is not None
+                        return Page(items, _encode_cursor(*last))
                     items.append(task)
-                    if len(items) == limit:
-                        return Page(items, _encode_cursor(max_score, task_id))
+                    last = bound
             if len(rows) < batch:
                 return Page(items, None)
+            if not ids:
+                batch *= 2  # a run of equal scores longer than a batch: read further
