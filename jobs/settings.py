@@ -7,6 +7,7 @@ naming its variable, so a misconfigured process stops before it serves.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -120,8 +121,10 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.problems: list[str] = []
+        self.read: set[str] = set()
 
     def get(self, name: str, default: T, parse: Callable[[str], T], expected: str, *, secret: bool = False) -> T:
+        self.read.add(name)
         raw = self.env.get(name)
         if raw is None or raw.strip() == "":
             return default
@@ -286,9 +289,24 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
             "AGENTFARM_LOG_FORMAT", defaults.log_format, _choice("auto", "json", "console"), "auto|json|console"
         ),
     )
+    r.problems += unknown_variables(env, r.read | CLIENT_VARIABLES)
     if r.problems:
         raise SettingsError(r.problems)
     return settings
+
+
+# Read by the command-line client, not by the service's processes.
+CLIENT_VARIABLES = frozenset({"AGENTFARM_URL", "AGENTFARM_API_KEY"})
+
+
+def unknown_variables(env: Mapping[str, str], known: set[str] | frozenset[str]) -> list[str]:
+    """A problem for each ``AGENTFARM_*`` variable no setting reads: a typo must not be ignored silently."""
+    problems = []
+    for name in sorted(n for n in env if n.startswith("AGENTFARM_") and n not in known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see .env.example for every setting"
+        problems.append(f"{name}: not a setting of Agent Farm; {hint}")
+    return problems
 
 
 def _http_url(raw: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         value = float(score)
     except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
         raise InvalidCursor(cursor) from exc
-    if not task_id or value != value or value in (float("inf"), float("-inf")):
+    if not task_id or not math.isfinite(value):
         raise InvalidCursor(cursor)
     return value, task_id
 

@@ -124,3 +124,27 @@ class TestErrors:
             load_settings(
                 {"AGENTFARM_RESEARCH_SOFT_TIMEOUT_S": "100", "AGENTFARM_RESEARCH_TIMEOUT_S": "50"}, env_file=None
             )
+
+
+class TestUnknownVariables:
+    def test_misspelled_variable_stops_start_up_with_a_suggestion(self) -> None:
+        """A typo in an AGENTFARM_ variable is refused and the closest real name is suggested."""
+        with pytest.raises(SettingsError) as raised:
+            load_settings({"AGENTFARM_WORKER_CONCURENCY": "8"}, env_file=None)
+        assert "AGENTFARM_WORKER_CONCURENCY" in str(raised.value)
+        assert "did you mean AGENTFARM_WORKER_CONCURRENCY?" in str(raised.value)
+
+    def test_misspelled_variable_in_env_file_is_refused(self, tmp_path: Path) -> None:
+        """A typo in .env is caught the same way as one in the environment."""
+        env_file = tmp_path / ".env"
+        env_file.write_text("AGENTFARM_LLM_MODLE=openai/gpt-4o-mini\n")
+        with pytest.raises(SettingsError, match="did you mean AGENTFARM_LLM_MODEL"):
+            load_settings({}, env_file=env_file)
+
+    def test_client_variables_and_other_prefixes_are_accepted(self) -> None:
+        """The CLI's own variables and variables of other programs do not stop the service."""
+        settings = load_settings(
+            {"AGENTFARM_URL": "http://127.0.0.1:8000", "AGENTFARM_API_KEY": "k" * 10, "OTHER_THING": "1"},
+            env_file=None,
+        )
+        assert settings.worker_concurrency == 4
