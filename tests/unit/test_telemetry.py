@@ -1,12 +1,14 @@
 """OpenTelemetry set-up: spans and log lines reach a real OTLP/HTTP receiver, and a missing collector never hurts.
 
 Each test builds its own providers (``set_global=False``) because OpenTelemetry's
-global providers can be set once per process; the test of the global set-up
-runs in a subprocess.
+global providers can be set once per process; the test of the global set-up runs
+in a subprocess. The SDK reads ``os.environ`` itself, so tests set variables there
+(``monkeypatch``), starting from an environment without any ``OTEL_*`` variable.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,33 @@ from tests.support.otlp_receiver import OTLPReceiver
 ROOT = Path(__file__).resolve().parents[2]
 HEX32 = "0123456789abcdef"
 
+Build = Callable[..., Telemetry]
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OTEL_* variable from the developer's shell or CI leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def build(monkeypatch: pytest.MonkeyPatch) -> Iterator[Build]:
+    """Set the given OTEL_* variables and build independent providers from them; shut them all down afterwards."""
+    built: list[Telemetry] = []
+
+    def make(service_name: str = "agentfarm-test", **env: str) -> Telemetry:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        tel = setup_telemetry(service_name, set_global=False)
+        built.append(tel)
+        return tel
+
+    yield make
+    for tel in built:
+        tel.shutdown(timeout_s=1)
+
 
 @pytest.fixture
 def receiver() -> Iterator[OTLPReceiver]:
@@ -44,12 +73,8 @@ def receiver() -> Iterator[OTLPReceiver]:
 
 
 @pytest.fixture
-def telemetry(receiver: OTLPReceiver) -> Iterator[Telemetry]:
-    tel = setup_telemetry(
-        "agentfarm-test", environ={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}, set_global=False
-    )
-    yield tel
-    tel.shutdown(timeout_s=2)
+def telemetry(build: Build, receiver: OTLPReceiver) -> Telemetry:
+    return build(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
 
 
 @pytest.fixture
@@ -88,6 +113,23 @@ def closed_port() -> int:
     return port
 
 
+@pytest.fixture
+def hanging_collector() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers, like a collector stuck under load."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def exported_span(tel: Telemetry, receiver: OTLPReceiver, name: str = "probe") -> bool:
+    """Record one span, flush, and tell whether the receiver got it."""
+    with tel.tracer("test").start_as_current_span(name):
+        trace_id = current_trace_id()
+    tel.force_flush(timeout_s=5)
+    return receiver.wait_for(lambda r: len(r.spans(trace_id)) == 1)
+
+
 class TestSpansExported:
     def test_spans_reach_the_collector_with_their_trace_and_resource(
         self, telemetry: Telemetry, receiver: OTLPReceiver
@@ -112,50 +154,40 @@ class TestSpansExported:
         assert resource["service.version"] == package_version()
         assert resource["service.instance.id"] == f"{socket.gethostname()}:{os.getpid()}"
 
-    def test_gzip_compression_is_honoured(self, receiver: OTLPReceiver) -> None:
+    def test_base_endpoint_gets_each_signal_on_its_own_path(
+        self, telemetry: Telemetry, receiver: OTLPReceiver, otel_logger: logging.Logger
+    ) -> None:
+        """OTEL_EXPORTER_OTLP_ENDPOINT is a base URL: spans go to /v1/traces and log records to /v1/logs."""
+        with telemetry.tracer("test").start_as_current_span("both"):
+            otel_logger.info("inside")
+        telemetry.force_flush(timeout_s=5)
+        assert receiver.wait_for(lambda r: {"/v1/traces", "/v1/logs"} <= set(r.requests))
+
+    def test_gzip_compression_is_honoured(self, build: Build, receiver: OTLPReceiver) -> None:
         """OTEL_EXPORTER_OTLP_COMPRESSION=gzip still delivers spans (collectors accept gzip bodies)."""
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}
-        tel = setup_telemetry("agentfarm-test", environ=env, set_global=False)
-        try:
-            with tel.tracer("test").start_as_current_span("compressed"):
-                trace_id = current_trace_id()
-            tel.force_flush(timeout_s=5)
-            assert receiver.wait_for(lambda r: len(r.spans(trace_id)) == 1)
-        finally:
-            tel.shutdown(timeout_s=2)
+        tel = build(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_EXPORTER_OTLP_COMPRESSION="gzip")
+        assert exported_span(tel, receiver)
 
-    def test_signal_endpoint_is_used_as_is(self, receiver: OTLPReceiver) -> None:
-        """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is the full URL; no /v1/traces is appended to it."""
-        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.endpoint}/v1/traces"}
-        tel = setup_telemetry("agentfarm-test", environ=env, set_global=False)
-        try:
-            with tel.tracer("test").start_as_current_span("direct"):
-                trace_id = current_trace_id()
-            tel.force_flush(timeout_s=5)
-            assert receiver.wait_for(lambda r: len(r.spans(trace_id)) == 1)
-            assert tel.log_handler() is None  # only traces were given an endpoint
-        finally:
-            tel.shutdown(timeout_s=2)
+    def test_signal_endpoint_is_used_as_is(self, build: Build, receiver: OTLPReceiver) -> None:
+        """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is the full URL, and sends only traces (logs have no endpoint)."""
+        tel = build(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{receiver.endpoint}/v1/traces")
+        assert exported_span(tel, receiver)
+        assert tel.log_handler() is None
 
-    def test_operator_overrides_name_and_attributes(self, receiver: OTLPReceiver) -> None:
-        """OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME relabel a deployment without a release."""
-        env = {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=staging,service.name=ignored,team=a%20b",
-            "OTEL_SERVICE_NAME": "agentfarm-api-eu",
-        }
-        tel = setup_telemetry("agentfarm-api", environ=env, set_global=False)
-        try:
-            with tel.tracer("test").start_as_current_span("labelled"):
-                trace_id = current_trace_id()
-            tel.force_flush(timeout_s=5)
-            assert receiver.wait_for(lambda r: len(r.spans(trace_id)) == 1)
-            resource = receiver.spans(trace_id)[0].resource
-            assert resource["service.name"] == "agentfarm-api-eu"
-            assert resource["deployment.environment"] == "staging"
-            assert resource["team"] == "a b"
-        finally:
-            tel.shutdown(timeout_s=2)
+    def test_operator_overrides_name_and_attributes(self, build: Build, receiver: OTLPReceiver) -> None:
+        """OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME override the code's values: a deployment relabels itself."""
+        tel = build(
+            "agentfarm-api",
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+            OTEL_RESOURCE_ATTRIBUTES="deployment.environment=staging,service.name=ignored,service.version=9,team=a%20b",
+            OTEL_SERVICE_NAME="agentfarm-api-eu",
+        )
+        assert exported_span(tel, receiver)
+        resource = receiver.spans()[0].resource
+        assert resource["service.name"] == "agentfarm-api-eu"
+        assert resource["service.version"] == "9"
+        assert resource["deployment.environment"] == "staging"
+        assert resource["team"] == "a b"
 
 
 class TestLogsExported:
@@ -218,9 +250,9 @@ class TestLogsExported:
 
 
 class TestWithoutCollector:
-    def test_without_endpoint_trace_ids_still_exist(self) -> None:
-        """With no OTLP endpoint, spans still get trace ids (for task.trace_id and log lines); nothing is exported."""
-        tel = setup_telemetry("agentfarm-test", environ={}, set_global=False)
+    def test_without_endpoint_trace_ids_still_exist(self, build: Build) -> None:
+        """With no exporter or endpoint set, spans still get trace ids (for tasks and log lines); nothing is sent."""
+        tel = build()
         with tel.tracer("test").start_as_current_span("local"):
             trace_id = current_trace_id()
             traceparent = inject_traceparent()
@@ -230,14 +262,13 @@ class TestWithoutCollector:
         assert set(trace_id) <= set(HEX32)
         assert traceparent is not None
         assert trace_id in traceparent
-        assert tel.log_handler() is None
         assert tel.traces_target is None
-        tel.shutdown(timeout_s=2)
+        assert tel.logs_target is None
+        assert tel.log_handler() is None
 
-    def test_collector_down_never_blocks_or_raises(self) -> None:
+    def test_collector_down_never_blocks_or_raises(self, build: Build) -> None:
         """With the collector unreachable, spans, log lines and shutdown return promptly and raise nothing."""
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
-        tel = setup_telemetry("agentfarm-test", environ=env, set_global=False)
+        tel = build(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
         handler = tel.log_handler()
         assert handler is not None
         stdlib = logging.getLogger("agentfarm.test.down")
@@ -253,6 +284,36 @@ class TestWithoutCollector:
             stdlib.handlers.clear()
         assert time.monotonic() - started < 2.5
 
+    def test_shutdown_is_bounded_when_the_collector_hangs(self, build: Build, hanging_collector: str) -> None:
+        """A collector that never answers, with a 30 s export timeout set, still cannot hold shutdown past its bound."""
+        tel = build(OTEL_EXPORTER_OTLP_ENDPOINT=hanging_collector, OTEL_EXPORTER_OTLP_TIMEOUT="30")
+        with tel.tracer("test").start_as_current_span("stuck"):
+            pass
+        started = time.monotonic()
+        assert not tel.force_flush(timeout_s=0.5)
+        tel.shutdown(timeout_s=0.5)
+        assert time.monotonic() - started < 1.5
+
+    def test_exports_give_up_soon_when_no_timeout_is_set(self, build: Build, hanging_collector: str) -> None:
+        """Without OTEL_EXPORTER_OTLP_TIMEOUT, an export to a hanging collector gives up in ~3 s, not the SDK's 10 s."""
+        tel = build(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{hanging_collector}/v1/traces")
+        with tel.tracer("test").start_as_current_span("stuck"):
+            pass
+        started = time.monotonic()
+        assert tel.force_flush(timeout_s=8)
+        assert 2 < time.monotonic() - started < 6
+
+    def test_the_operators_timeout_is_honoured(self, build: Build, hanging_collector: str) -> None:
+        """OTEL_EXPORTER_OTLP_TRACES_TIMEOUT is the SDK's to apply: a 0.5 s setting is not replaced by the default."""
+        tel = build(
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{hanging_collector}/v1/traces", OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="0.5"
+        )
+        with tel.tracer("test").start_as_current_span("stuck"):
+            pass
+        started = time.monotonic()
+        assert tel.force_flush(timeout_s=8)
+        assert time.monotonic() - started < 2
+
     def test_shutdown_twice_is_harmless(self, telemetry: Telemetry) -> None:
         """Calling shutdown again (an exit hook after an explicit stop) does nothing."""
         telemetry.shutdown(timeout_s=2)
@@ -260,10 +321,9 @@ class TestWithoutCollector:
 
 
 class TestDisabled:
-    def test_sdk_disabled_installs_nothing(self, receiver: OTLPReceiver) -> None:
+    def test_sdk_disabled_installs_nothing(self, build: Build, receiver: OTLPReceiver) -> None:
         """OTEL_SDK_DISABLED=true: no spans, no trace ids, no handler, and every method still works."""
-        env = {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
-        tel = setup_telemetry("agentfarm-test", environ=env, set_global=False)
+        tel = build(OTEL_SDK_DISABLED="true", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
         with tel.tracer("test").start_as_current_span("nothing"):
             assert current_trace_id() is None
             assert inject_traceparent() is None
@@ -275,58 +335,123 @@ class TestDisabled:
         assert receiver.requests == []
 
 
-class TestConfiguration:
+HTTP = "opentelemetry.exporter.otlp.proto.http"
+GRPC = "opentelemetry.exporter.otlp.proto.grpc"
+CONSOLE = "opentelemetry.sdk"
+
+
+def exporter_package(tel: Telemetry, signal: str) -> str | None:
+    """The package of the exporter a signal goes to (None: not exported)."""
+    target = tel.traces_target if signal == "traces" else tel.logs_target
+    if target is None:
+        return None
+    module = type(target.exporter).__module__
+    return next(package for package in (HTTP, GRPC, CONSOLE) if module.startswith(package))
+
+
+class TestExporterChoice:
+    @pytest.mark.parametrize(
+        ("env", "traces", "logs"),
+        [
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, HTTP, HTTP),
+            (
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+                GRPC,
+                GRPC,
+            ),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "grpc"}, HTTP, GRPC),
+            (
+                {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317",
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+                },
+                HTTP,
+                GRPC,
+            ),
+            ({"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://c:4318/v1/logs"}, None, HTTP),
+            ({"OTEL_TRACES_EXPORTER": "otlp"}, HTTP, None),
+            ({"OTEL_TRACES_EXPORTER": "console", "OTEL_LOGS_EXPORTER": "console"}, CONSOLE, CONSOLE),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_LOGS_EXPORTER": "none"}, HTTP, None),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "NONE"}, None, HTTP),
+        ],
+    )
+    def test_exporter_per_signal(self, build: Build, env: dict[str, str], traces: str | None, logs: str | None) -> None:
+        """The exporter (http, grpc, console or none) of each signal follows its *_EXPORTER and *_PROTOCOL variables."""
+        if GRPC in (traces, logs):
+            pytest.importorskip(GRPC)
+        tel = build(**env)
+        assert (exporter_package(tel, "traces"), exporter_package(tel, "logs")) == (traces, logs)
+        assert tel.enabled
+
+    @pytest.mark.parametrize(
+        ("env", "traces_to", "logs_to"),
+        [
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}, "http://c:4318/v1/traces", "http://c:4318/v1/logs"),
+            ({"OTEL_TRACES_EXPORTER": "otlp"}, "http://localhost:4318/v1/traces", None),
+            (
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:9/x"},
+                "http://t:9/x",
+                "http://c:4318/v1/logs",
+            ),
+            (
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+                "c:4317",
+                "c:4317",
+            ),
+        ],
+    )
+    def test_endpoint_per_signal(
+        self, build: Build, env: dict[str, str], traces_to: str | None, logs_to: str | None
+    ) -> None:
+        """Where each signal is sent for a given environment (OTLP/HTTP appends the signal's path to a base URL)."""
+        if env.get("OTEL_EXPORTER_OTLP_PROTOCOL") == "grpc":
+            pytest.importorskip(GRPC)
+        tel = build(**env)
+        assert tel.traces_target is not None
+        assert tel.traces_target.endpoint == traces_to
+        assert (tel.logs_target.endpoint if tel.logs_target else None) == logs_to
+
     @pytest.mark.parametrize(
         ("variable", "value"),
         [
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift"),
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli"),
             ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ("OTEL_LOGS_EXPORTER", "otlp_proto_carrier_pigeon"),
         ],
     )
-    def test_bad_settings_fail_at_start_naming_the_variable(self, variable: str, value: str) -> None:
-        """A misconfigured deployment fails at start with the variable named, not silently without traces."""
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", variable: value}
+    def test_unknown_exporter_or_protocol_fails_at_start_naming_the_variable(
+        self, build: Build, variable: str, value: str
+    ) -> None:
+        """A misconfigured deployment fails at start with the variable named, not silently without telemetry."""
         with pytest.raises(ValueError, match=variable):
-            setup_telemetry("agentfarm-test", environ=env, set_global=False)
+            build(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318", **{variable: value})
 
-    def test_grpc_without_its_exporter_is_refused_clearly(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_grpc_without_its_exporter_is_refused_clearly(self, build: Build, monkeypatch: pytest.MonkeyPatch) -> None:
         """OTEL_EXPORTER_OTLP_PROTOCOL=grpc without the gRPC exporter names the variable and the package."""
-        monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc", None)
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        installed = importlib.metadata.entry_points
+
+        def without_grpc(**selection: str) -> importlib.metadata.EntryPoints:
+            found = installed(**selection)
+            return importlib.metadata.EntryPoints(e for e in found if e.name != "otlp_proto_grpc")
+
+        monkeypatch.setattr(importlib.metadata, "entry_points", without_grpc)
         with pytest.raises(ValueError, match=r"OTEL_EXPORTER_OTLP_PROTOCOL.*opentelemetry-exporter-otlp-proto-grpc"):
-            setup_telemetry("agentfarm-test", environ=env, set_global=False)
+            build(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4317", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
 
-    def test_grpc_uses_the_endpoint_as_is(self) -> None:
-        """With the gRPC exporter installed, grpc exports to the base endpoint (no /v1/... path)."""
-        pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc")
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
-        tel = setup_telemetry("agentfarm-test", environ=env, set_global=False)
-        try:
-            assert tel.traces_target is not None
-            assert tel.traces_target.endpoint == "http://127.0.0.1:4317"
-            assert tel.traces_target.protocol == "grpc"
-        finally:
-            tel.shutdown(timeout_s=1)
-
-    def test_a_signal_can_be_switched_off(self, receiver: OTLPReceiver) -> None:
-        """OTEL_LOGS_EXPORTER=none keeps traces flowing but exports no logs (no handler to attach)."""
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_LOGS_EXPORTER": "none"}
-        tel = setup_telemetry("agentfarm-test", environ=env, set_global=False)
-        try:
-            assert tel.log_handler() is None
-            assert tel.traces_target is not None
-            assert tel.traces_target.endpoint == f"{receiver.endpoint}/v1/traces"
-        finally:
-            tel.shutdown(timeout_s=1)
+    def test_a_switched_off_signal_keeps_the_other_flowing(self, build: Build, receiver: OTLPReceiver) -> None:
+        """OTEL_LOGS_EXPORTER=none exports no logs (no handler to attach) while spans still reach the collector."""
+        tel = build(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_LOGS_EXPORTER="none")
+        assert tel.log_handler() is None
+        assert exported_span(tel, receiver)
+        assert set(receiver.requests) == {"/v1/traces"}
 
 
 class TestPropagation:
-    def test_traceparent_round_trip_continues_the_trace(self) -> None:
+    def test_traceparent_round_trip_continues_the_trace(self, build: Build) -> None:
         """A job started from the stored traceparent is a child of the API's span, in the same trace."""
-        tel = setup_telemetry("agentfarm-test", environ={}, set_global=False)
+        tel = build()
         tracer = tel.tracer("test")
         with tracer.start_as_current_span("POST /v1/tasks") as api_span:
             traceparent = inject_traceparent()
@@ -339,9 +464,9 @@ class TestPropagation:
         assert parent.span_id == api_span.get_span_context().span_id
 
     @pytest.mark.parametrize("traceparent", [None, "", "not-a-traceparent", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"])
-    def test_missing_or_bad_traceparent_starts_a_new_trace(self, traceparent: str | None) -> None:
+    def test_missing_or_bad_traceparent_starts_a_new_trace(self, build: Build, traceparent: str | None) -> None:
         """A task stored without (or with a corrupt) traceparent still runs, as the root of a new trace."""
-        tel = setup_telemetry("agentfarm-test", environ={}, set_global=False)
+        tel = build()
         with tel.tracer("test").start_as_current_span("run_task", context=extract_context(traceparent)) as span:
             assert current_trace_id() is not None
         assert getattr(span, "parent", "missing") is None
@@ -353,9 +478,9 @@ class TestPropagation:
 
 
 class TestStructlogProcessor:
-    def test_adds_ids_inside_a_span(self) -> None:
+    def test_adds_ids_inside_a_span(self, build: Build) -> None:
         """Inside a span, every log line gets its trace_id (32 hex) and span_id (16 hex)."""
-        tel = setup_telemetry("agentfarm-test", environ={}, set_global=False)
+        tel = build()
         with tel.tracer("test").start_as_current_span("work") as span:
             event = add_trace_context(None, "info", {"event": "x"})
         context = span.get_span_context()
