@@ -23,8 +23,10 @@ $(VENV)/.installed: pyproject.toml requirements-dev.lock
 
 install: $(VENV)/.installed ## Create .venv and install the locked dependencies and the project
 
-run: install ## Start Redis, the API and a worker (offline demo model unless AGENTFARM_LLM_MODEL is set)
-	$(VENV)/bin/agentfarm dev
+PORT ?= 8000
+REDIS_PORT ?= 6390
+run: install ## Start Redis, the API and a worker (PORT=8000 REDIS_PORT=6390; offline demo model unless AGENTFARM_LLM_MODEL is set)
+	@$(VENV)/bin/agentfarm dev --port $(PORT) --redis-port $(REDIS_PORT)
 
 test: install ## Run the whole test suite (starts its own redis-server and scripted LLM)
 	$(PY) -m pytest

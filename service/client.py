@@ -1,0 +1,310 @@
+"""The ``agentfarm`` client commands: submit, watch, show, list, cancel and report over the HTTP API.
+
+They talk to ``AGENTFARM_URL`` with ``AGENTFARM_API_KEY`` and import nothing heavy (no crewai, no
+server settings): a client starts in a fraction of a second on any machine that can reach the API.
+"""
+
+# A command line client prints, and imports rich only when it draws:
+# ruff: noqa: T201, PLC0415
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, NoReturn, cast
+
+import httpx
+import msgspec
+
+from crews.registry import Kind
+from jobs.kinds import KINDS
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FINISHED = {"completed", "failed", "cancelled"}
+
+
+class ClientError(Exception):
+    """A failure the user can act on: printed as one line (or a few), exit code 1."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    print(f"agentfarm: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+# --- the kinds table, as the command line sees it ---------------------------------
+
+
+def kind_arg(value: str) -> str:
+    """``technical-review`` (the URL's spelling) and ``technical_review`` (the kind's name) are the same kind."""
+    name = value.strip().lower().replace("-", "_")
+    for kind, spec in KINDS.items():
+        if name in {kind, spec.path.replace("-", "_")}:
+            return kind
+    choices = ", ".join(KINDS)
+    raise argparse.ArgumentTypeError(f"unknown kind {value!r} (choose from {choices})")
+
+
+def _describe(info: msgspec.inspect.Type) -> tuple[str, str]:
+    """A field's accepted values and its description, from its msgspec type."""
+    description = ""
+    if isinstance(info, msgspec.inspect.Metadata):
+        description = str((info.extra_json_schema or {}).get("description", ""))
+        info = info.type
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return " | ".join(str(v) for v in info.values), description
+    if isinstance(info, msgspec.inspect.StrType):
+        low, high = info.min_length, info.max_length
+        if low and high:
+            return f"text, {low}-{high:,} chars", description
+        return (f"text, up to {high:,} chars" if high else "text"), description
+    return type(info).__name__.removesuffix("Type").lower(), description
+
+
+def kind_fields(kind: str) -> list[msgspec.inspect.Field]:
+    info = msgspec.inspect.type_info(KINDS[cast(Kind, kind)].params_type)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return sorted(info.fields, key=lambda f: (not f.required, f.name == "language"))
+
+
+def kinds_help() -> str:
+    """The ``submit --help`` epilog: every kind and its fields, generated from the kinds table."""
+    lines = ["kinds and their fields (name=value):"]
+    for kind, spec in KINDS.items():
+        alias = f" (or {spec.path})" if spec.path != kind else ""
+        lines.append(f"  {kind}{alias}: {spec.params_type.__doc__ or ''}".rstrip())
+        for field in kind_fields(kind):
+            values, description = _describe(field.type)
+            default = "required" if field.required else f"default {field.default or '(empty)'}"
+            lines.append(f"    {field.encode_name:<10} {values}; {default}. {description}".rstrip())
+    lines += [
+        "",
+        "example:",
+        "  agentfarm submit research topic='solid-state batteries' depth=basic --watch",
+    ]
+    return "\n".join(lines)
+
+
+# --- HTTP ------------------------------------------------------------------------------
+
+
+def client() -> httpx.Client:
+    key = os.environ.get("AGENTFARM_API_KEY", "")
+    if not key:
+        fail("set AGENTFARM_API_KEY to your API key (`make run` prints one)", 2)
+    url = os.environ.get("AGENTFARM_URL", DEFAULT_URL).rstrip("/")
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+def request(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    """One API call; a transport failure or a problem+json answer becomes a short ClientError."""
+    try:
+        response = http.request(method, path, **kwargs)
+    except httpx.ConnectError:
+        raise ClientError(
+            f"cannot connect to the API at {http.base_url} (is it running? `make run` starts one; "
+            "AGENTFARM_URL sets where it is)"
+        ) from None
+    except httpx.TimeoutException:
+        raise ClientError(f"the API at {http.base_url} did not answer in time") from None
+    except httpx.HTTPError as exc:
+        raise ClientError(f"talking to the API at {http.base_url} failed: {exc}") from None
+    if response.status_code >= 400:
+        raise ClientError(problem_text(response))
+    if "json" in response.headers.get("content-type", ""):
+        return response.json()
+    return response.text
+
+
+def problem_text(response: httpx.Response) -> str:
+    """``400 Invalid Request: topic: Expected ...``, plus one line per field error when there are several."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        return f"{response.status_code} {response.reason_phrase}: {response.text.strip()[:300]}"
+    head = f"{response.status_code} {problem.get('title') or response.reason_phrase}"
+    detail = str(problem.get("detail") or "").strip()
+    errors = [e for e in problem.get("errors") or [] if isinstance(e, dict)]
+    fields = [f"{e.get('field') or e.get('source', '')}: {e.get('message', '')}" for e in errors]
+    if len(fields) > 1:
+        return "\n".join([f"{head}: {detail}" if detail else head, *(f"  {f}" for f in fields)])
+    text = f"{head}: {detail or (fields[0] if fields else '')}".rstrip(": ")
+    if response.status_code == 401:
+        text += " (check AGENTFARM_API_KEY)"
+    retry = response.headers.get("retry-after")
+    return f"{text} (retry after {retry} s)" if retry else text
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    known = {f.encode_name for f in kind_fields(args.kind)}
+    body: dict[str, str] = {}
+    for pair in args.fields:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"expected name=value, got {pair!r} (see `agentfarm submit --help`)", 2)
+        if name not in known:
+            fail(f"{args.kind} has no field {name!r}; its fields: {', '.join(sorted(known))}", 2)
+        body[name] = value
+    with client() as http:
+        task = request(http, "POST", f"/v1/tasks/{KINDS[args.kind].path}", json=body)
+        if args.watch:
+            if not args.json:
+                print(task["id"], flush=True)
+            return watch(http, task["id"], as_json=args.json)
+    if args.json:
+        print_json(task)
+    else:
+        print(task["id"])
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with client() as http:
+        return watch(http, args.task_id, as_json=args.json)
+
+
+def watch(http: httpx.Client, task_id: str, *, as_json: bool = False) -> int:
+    """Follow a task until it finishes: a progress bar on a terminal, a line per change otherwise."""
+    from rich.console import Console
+
+    console = Console(stderr=as_json)
+    try:
+        if as_json:
+            task = _poll(http, task_id, lambda _: None)
+        elif console.is_terminal:
+            task = _watch_with_bar(http, task_id, console)
+        else:
+            last: list[str] = []
+
+            def line(task: dict[str, Any]) -> None:
+                text = f"{task['progress']:>3}%  {task['status']:<9} {task['stage']}".rstrip()
+                if last != [text]:
+                    print(text, flush=True)
+                    last[:] = [text]
+
+            task = _poll(http, task_id, line)
+    except KeyboardInterrupt:
+        print(f"\nagentfarm: stopped watching; the task goes on (agentfarm watch {task_id})", file=sys.stderr)
+        return 130
+    if as_json:
+        print_json(task)
+    if task["status"] == "failed" and task.get("error"):
+        print(f"agentfarm: task failed: {task['error']['type']}: {task['error']['message']}", file=sys.stderr)
+    elif task["status"] == "cancelled":
+        print("agentfarm: task cancelled", file=sys.stderr)
+    return 0 if task["status"] == "completed" else 1
+
+
+def _poll(http: httpx.Client, task_id: str, show: Any, interval_s: float = 0.5) -> dict[str, Any]:
+    while True:
+        task: dict[str, Any] = request(http, "GET", f"/v1/tasks/{task_id}")
+        show(task)
+        if task["status"] in FINISHED:
+            return task
+        time.sleep(interval_s)
+
+
+def _watch_with_bar(http: httpx.Client, task_id: str, console: Any) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+    from rich.table import Column
+
+    columns = (
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=10, max_width=40)),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[status]:<9}", table_column=Column(no_wrap=True, min_width=9)),
+        TextColumn("{task.fields[stage]}", table_column=Column(ratio=2, no_wrap=True, overflow="ellipsis")),
+    )
+    with Progress(*columns, console=console, expand=True) as progress:
+        bar = progress.add_task("task", total=100, status="", stage="")
+
+        def show(task: dict[str, Any]) -> None:
+            progress.update(bar, completed=task["progress"], status=task["status"], stage=task["stage"] or "")
+
+        return _poll(http, task_id, show)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with client() as http:
+        task = request(http, "GET", f"/v1/tasks/{args.task_id}")
+    if args.json:
+        print_json(task)
+        return 0
+    rows = [
+        ("id", task["id"]),
+        ("kind", task["kind"]),
+        ("status", f"{task['status']}  {task['progress']}%  {task.get('stage') or ''}".rstrip()),
+        ("params", json.dumps(task.get("params"), ensure_ascii=False)),
+        ("attempt", f"{task.get('attempt')} of {task.get('max_attempts')}"),
+        ("created", task.get("created_at")),
+        ("finished", task.get("finished_at")),
+    ]
+    if task.get("error"):
+        rows.append(("error", f"{task['error']['type']}: {task['error']['message']}"))
+    if task.get("result"):
+        rows.append(("title", task["result"]["title"]))
+        rows.append(("report", f"agentfarm report {task['id']}"))
+    usage = task.get("usage") or {}
+    if usage.get("llm_calls"):
+        tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+        rows.append(("usage", f"{usage['llm_calls']} LLM calls, {tokens} tokens, {usage.get('model')}"))
+    for name, value in rows:
+        if value:
+            print(f"{name + ':':<10}{value}")
+    return 0
+
+
+def limit_arg(value: str) -> int:
+    """A page size the API accepts: 1 to 100."""
+    try:
+        limit = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to 100, got {value!r}") from None
+    if not 1 <= limit <= 100:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 100, got {limit}")
+    return limit
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    params: dict[str, str | int] = {"limit": args.limit}
+    if args.status:
+        params["status"] = args.status
+    if args.kind:
+        params["kind"] = args.kind
+    with client() as http:
+        page = request(http, "GET", "/v1/tasks", params=params)
+    if args.json:
+        print_json(page)
+        return 0
+    for task in page["items"]:
+        print(f"{task['id']}  {task['kind']:<16} {task['status']:<9} {task['progress']:>3}%  {task['created_at']}")
+    if not page["items"]:
+        print("no tasks", file=sys.stderr)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with client() as http:
+        task = request(http, "POST", f"/v1/tasks/{args.task_id}/cancel")
+    if args.json:
+        print_json(task)
+    else:
+        print(f"{task['id']} {task['status']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    with client() as http:
+        print(request(http, "GET", f"/v1/tasks/{args.task_id}/report"))
+    return 0
