@@ -2,12 +2,15 @@
 
 This is the only module that imports crewai. It runs in a worker thread, so
 everything it reports goes through the ``RunObserver`` the caller passes in.
+Usage is reported as calls complete (from the job's own LLM instance), so a
+run that is stopped or abandoned still accounts for every call it made.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from crewai.llms.base_llm import BaseLLM
 from crewai.tasks.task_output import TaskOutput
 from pydantic import BaseModel, Field
 
+from crews.control import stop_points
 from crews.demo_llm import DemoLLM
 from crews.llm import LLMConfig
 from crews.params import AnyParams
@@ -46,9 +50,13 @@ class RunObserver(Protocol):
     def before_llm_call(self) -> None:
         """Called before every LLM call; raises ``CrewStopped`` to stop the crew, may wait (rate limits)."""
 
+    def stop_point(self) -> None:
+        """Raises ``CrewStopped`` if the run was asked to stop; what ``crews.control.stop_point()`` calls."""
+
     def on_progress(self, progress: int, stage: str) -> None: ...
 
-    def on_usage(self, usage: Usage) -> None: ...
+    def on_usage(self, usage: Usage) -> None:
+        """The run's cumulative usage so far: after every completed call, before each call and at the end."""
 
 
 class CrewOutputError(Exception):
@@ -76,9 +84,12 @@ class _Tracker:
     tasks: list[Task]
     max_iter: int
     spans: CrewTracer
+    usage: Callable[[], Usage]
     roles: dict[int, str] = field(default_factory=dict)
 
     def before_llm_call(self, task: Any, iterations: int) -> None:
+        # Calls that skip the after-hook (tool-call answers) are counted here, before the stop point.
+        self.observer.on_usage(self.usage())
         self.observer.before_llm_call()
         index = next((i for i, t in enumerate(self.tasks) if t is task), None)
         if index is not None:
@@ -90,6 +101,7 @@ class _Tracker:
 
     def after_llm_call(self) -> None:
         self.spans.call_ended()
+        self.observer.on_usage(self.usage())
 
     def task_done(self, output: TaskOutput) -> None:
         index = next((i for i, t in enumerate(self.tasks) if t.name == output.name), None)
@@ -144,8 +156,9 @@ def build_llm(config: LLMConfig, params: AnyParams) -> BaseLLM:
 def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObserver) -> Report:
     """Build the job's crew, run it to the end and return its report.
 
-    Usage is handed to ``observer.on_usage`` whether the run succeeds or not:
-    tokens spent on a failed run are still spent.
+    Usage is handed to ``observer.on_usage`` as calls complete and once more at
+    the end, whether the run succeeds or not: tokens spent on a failed, stopped
+    or abandoned run are still spent.
     """
     prompts = load_prompts()
     plan = plan_for(kind, params)
@@ -190,13 +203,15 @@ def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObse
             tasks=tasks,
             max_iter=max_iter,
             spans=CrewTracer(llm=llm, model=config.model_name, provider=provider),
+            usage=lambda: usage_of(llm, config),
             roles={i: prompts.agents[prompts.tasks[key].agent].role for i, key in enumerate(plan.tasks)},
         )
         token = _current.set(tracker)
         error: BaseException | None = None
         try:
             observer.on_progress(_START_PROGRESS, "crew: starting")
-            output = crew.kickoff(inputs=crew_inputs(params))
+            with stop_points(observer.stop_point):
+                output = crew.kickoff(inputs=crew_inputs(params))
         except BaseException as exc:
             error = exc
             raise

@@ -12,6 +12,9 @@ from crews.results import Report, Usage
 
 Status = Literal["queued", "running", "retrying", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[Status] = frozenset({"completed", "failed", "cancelled"})
+# Where an execution may still record the usage of calls that completed after it was stopped:
+# while it runs, and after it ended cancelled (by the API) or failed (timed out).
+USAGE_WRITABLE: frozenset[Status] = frozenset({"running", "cancelled", "failed"})
 
 # The only moves a task's status may make. ``running -> queued`` hands a task
 # back to the queue (worker shutdown, lost lease).
@@ -94,7 +97,7 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
         return msgspec.structs.replace(self, status=status, updated_at=now, **changes)
 
     def cancelled(self) -> Task:
-        """This task cancelled by its owner; a running crew notices and stops before its next LLM call."""
+        """This task cancelled by its owner; its crew stops at its next stop point (``TaskStore.cancel``)."""
         if self.finished:
             raise AlreadyFinished(self)
         return self.to("cancelled", stage="cancelled")
@@ -113,6 +116,7 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
             "progress": 0,
             "stage": "starting",
             "started_at": self.started_at or now,
+            "usage": Usage(),  # usage is the current run's: a result and the tokens that produced it
         }
         if self.status == "running":
             return msgspec.structs.replace(self, updated_at=now, **changes)
@@ -136,6 +140,18 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
             job_id=job_id,
             updated_at=utcnow(),
         )
+
+    def with_usage(self, usage: Usage, *, run_token: int) -> Task:
+        """This task with the usage so far of the execution holding ``run_token``; not a status change.
+
+        Tokens spent are always recorded: also after the task ended cancelled or
+        failed under that execution (a call in flight at the stop completes
+        later). Never another execution's task, never a completed one, and never
+        an older snapshot over a newer one.
+        """
+        if self.run_token != run_token or self.status not in USAGE_WRITABLE or not usage.newer_than(self.usage):
+            return self
+        return msgspec.structs.replace(self, usage=usage, updated_at=utcnow())
 
     def with_progress(self, progress: int, stage: str) -> Task:
         """Progress only moves forward within an attempt; a finished task does not move."""

@@ -34,6 +34,15 @@ def tenant_index_key(tenant: str) -> str:
     return f"{_PREFIX}:tenant:{tenant}:tasks"
 
 
+# A cancel leaves a marker that a running crew checks before every LLM call (and search or
+# page fetch), and wakes the task's worker on this channel so its execution settles at once.
+CANCEL_CHANNEL = f"{_PREFIX}:cancels"
+
+
+def cancel_key(task_id: str) -> str:
+    return f"{_PREFIX}:cancel:{task_id}"
+
+
 class InvalidCursor(ValueError):
     """A list cursor that this API did not hand out (or that was altered)."""
 
@@ -117,6 +126,32 @@ class TaskStore:
                     await pipe.execute()
                 except WatchError:
                     continue  # someone else wrote the task meanwhile: re-read and re-apply
+                return after
+
+    async def cancel(self, task_id: str) -> Task | None:
+        """Cancel a task (``Task.cancelled``); ``None`` when it does not exist.
+
+        The cancelled state, the task's cancel marker (``cancel_key``, as long-lived
+        as a task) and the wake-up on ``CANCEL_CHANNEL`` go in one MULTI: once this
+        returns, no crew of the task passes its next stop point.
+        Raises ``AlreadyFinished`` for a finished task.
+        """
+        key = task_key(task_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    after = _decoder.decode(raw).cancelled()
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, _encoder.encode(after), keepttl=True)
+                    pipe.set(cancel_key(task_id), after.run_token, ex=self.ttl_s)
+                    pipe.publish(CANCEL_CHANNEL, task_id)
+                    await pipe.execute()
+                except WatchError:
+                    continue
                 return after
 
     async def list(

@@ -3,13 +3,15 @@
 One process serves one or more queues (an arq ``Worker`` per queue) sharing a
 ``WorkerRuntime``: the settings, the task store, the crew thread pool, the
 executions it is running, and the background loops that keep them honest
-(heartbeat, lease refresh, cancellation watch, and the reaper that re-queues
-tasks whose worker died).
+(heartbeat, lease refresh, cancellation watch, the cancel listener that stops
+a cancelled crew's execution at once, and the reaper that re-queues tasks
+whose worker died).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -30,12 +32,14 @@ from jobs.leases import Leases, reap
 from jobs.queue import JOB_FUNCTION, deserialize, queue_key, serialize, workers_key
 from jobs.ratelimit import SyncRateLimiter
 from jobs.settings import Settings
-from jobs.store import TaskStore
+from jobs.store import CANCEL_CHANNEL, TaskStore
 
 log = structlog.get_logger(__name__)
 
 # arq's own try counter must never end a task: attempts are counted on the task itself.
 _ARQ_MAX_TRIES = 10_000
+# A crew thread's Redis commands (stop points, rate limit) never hang a crew on a dead connection.
+_SYNC_TIMEOUT_S = 5.0
 
 
 class WorkerRuntime:
@@ -47,7 +51,11 @@ class WorkerRuntime:
         self.redis = redis
         self.store = TaskStore(redis, settings.task_ttl_s)
         self.leases = Leases(redis, settings.worker_lease_s)
-        self.llm_limiter = SyncRateLimiter(SyncRedis.from_url(settings.redis_url))
+        # For crew threads: the LLM rate limit and the cancel marker checked at every stop point.
+        self.sync_redis: SyncRedis = SyncRedis.from_url(
+            settings.redis_url, socket_timeout=_SYNC_TIMEOUT_S, socket_connect_timeout=_SYNC_TIMEOUT_S
+        )
+        self.llm_limiter = SyncRateLimiter(self.sync_redis)
         # Twice the concurrency: a crew that was stopped but is still inside an LLM call
         # keeps its thread for a while; the spare threads keep that from taking a slot.
         self.pool = ThreadPoolExecutor(max_workers=settings.worker_concurrency * 2, thread_name_prefix="crew")
@@ -62,11 +70,13 @@ class WorkerRuntime:
             asyncio.create_task(self._every(self.settings.worker_heartbeat_s, self._beat, "heartbeat")),
             asyncio.create_task(self._every(interval, self._watch, "lease_watch")),
             asyncio.create_task(self._every(interval, self._reap, "reaper")),
+            asyncio.create_task(self._listen_for_cancels()),
         ]
 
     async def stop(self) -> None:
         for loop_task in self._loops:
             loop_task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
         try:
             for queue in self.queues:
                 await self.redis.zrem(workers_key(queue), self.worker_id)
@@ -74,6 +84,7 @@ class WorkerRuntime:
             log.warning("heartbeat_not_removed", consequence="readiness forgets this worker after 3 beats")
         self.pool.shutdown(wait=False, cancel_futures=True)
         await self.redis.aclose()
+        self.sync_redis.close()
 
     async def _every(self, interval_s: float, step: Callable[[], Awaitable[None]], name: str) -> None:
         while True:
@@ -105,6 +116,32 @@ class WorkerRuntime:
                 execution.stop("cancelled")
             elif task.status != "running" or task.run_token != execution.token:
                 execution.stop("superseded")
+
+    async def _listen_for_cancels(self) -> None:
+        """Stop the execution of a task the moment it is cancelled (``TaskStore.cancel`` publishes its id).
+
+        The lease watch still catches a cancel missed while this was reconnecting,
+        and the crew's own stop point sees the cancel marker in any case.
+        """
+        delay = 0.5
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CANCEL_CHANNEL)
+                delay = 0.5
+                async for message in pubsub.listen():
+                    data = message.get("data")
+                    task_id = data.decode() if isinstance(data, bytes) else str(data)
+                    execution = self.active.get(task_id)
+                    if execution is not None:
+                        execution.stop("cancelled")
+            except (RedisError, OSError) as exc:
+                log.warning("cancel_listener_reconnecting", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _reap(self) -> None:
         await reap(self.redis, self.store)

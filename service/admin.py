@@ -36,7 +36,7 @@ class AdminController(Controller):
     tags = ("operators",)
     guards = (operator_guard,)
 
-    @get("/dead-letters", summary="List dead-lettered tasks", responses=error_responses(401, 503))
+    @get("/dead-letters", summary="List dead-lettered tasks", responses=error_responses(400, 401, 503))
     async def dead_letters(
         self,
         request: Request[Any, Any, Any],
@@ -51,7 +51,7 @@ class AdminController(Controller):
         "/dead-letters/{task_id:str}/requeue",
         summary="Re-queue a dead-lettered task",
         status_code=HTTP_200_OK,
-        responses=error_responses(401, 404, 503),
+        responses=error_responses(400, 401, 404, 503),
     )
     async def requeue(
         self, task_id: FromPath[str], queue: NamedDependency[ArqRedis], store: NamedDependency[TaskStore]

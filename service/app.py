@@ -6,25 +6,39 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from redis.asyncio import ConnectionPool
 
 from jobs.queue import deserialize, serialize
 from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings
 from jobs.store import TaskStore
-from service.access_log import access_log
 from service.admin import AdminController
 from service.auth import bearer_auth
 from service.errors import to_problem
 from service.health import HealthController
-from service.observability import MetricsController, request_metrics, tracing_plugin
-from service.openapi import StrictStructSchemaPlugin, openapi_config
+from service.observability import MetricsController, tracing_plugin
+from service.openapi import StrictStructSchemaPlugin, docs_assets, openapi_config
 from service.submit import Submitter
 from service.tasks import TaskController
+from service.validation import ApiRequest
+
+# Connecting gives up after this long, so a request while Redis is down gets a quick 503.
+REDIS_CONNECT_TIMEOUT_S = 2.0
+
+
+def redis_client(url: str) -> ArqRedis:
+    """A client for the queue and the task store that connects on first use, not now.
+
+    arq's ``create_pool`` pings Redis and fails start-up while Redis is down; this
+    client lets the API start anyway (readiness says 503) and serve once Redis is back.
+    """
+    pool = ConnectionPool.from_url(url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, encoding="utf8")
+    return ArqRedis(pool, job_serializer=serialize, job_deserializer=deserialize)
 
 
 def app_version() -> str:
@@ -35,17 +49,12 @@ def app_version() -> str:
 
 
 def create_app(settings: Settings) -> Litestar:
-    """The API, configured by ``settings``; Redis is connected at start-up."""
+    """The API, configured by ``settings``; Redis is connected on first use, so it may start while Redis is down."""
 
     @asynccontextmanager
     async def redis_lifespan(app: Litestar) -> AsyncIterator[None]:
-        # arq's pool is a redis.asyncio client: it serves the queue and the task store.
-        pool = await create_pool(
-            RedisSettings.from_dsn(settings.redis_url),
-            job_serializer=serialize,
-            job_deserializer=deserialize,
-            retry=0,
-        )
+        # arq's client is a redis.asyncio client: it serves the queue and the task store.
+        pool = redis_client(settings.redis_url)
         app.state.queue = pool
         app.state.store = TaskStore(pool, settings.task_ttl_s)
         app.state.submitter = Submitter(settings, app.state.store, pool, RateLimiter(pool))
@@ -53,6 +62,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             await pool.aclose()
+            await pool.connection_pool.disconnect()  # the client does not close a pool it was given
 
     def provide_store(state: State) -> TaskStore:
         store: TaskStore = state.store
@@ -67,7 +77,7 @@ def create_app(settings: Settings) -> Litestar:
         return queue
 
     return Litestar(
-        route_handlers=[TaskController, AdminController, HealthController, MetricsController],
+        route_handlers=[TaskController, AdminController, HealthController, MetricsController, docs_assets()],
         state=State({"settings": settings}),
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
@@ -76,11 +86,12 @@ def create_app(settings: Settings) -> Litestar:
             "tasks": Provide(provide_submitter, sync_to_thread=False),
         },
         lifespan=[redis_lifespan],
-        middleware=[access_log, request_metrics().middleware, bearer_auth(settings.api_keys)],
+        middleware=[bearer_auth(settings.api_keys)],  # metrics and the access log: tracing_plugin, app-wide
         exception_handlers={Exception: to_problem},
         openapi_config=openapi_config(app_version()),
         plugins=[StrictStructSchemaPlugin(), tracing_plugin()],
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         request_max_body_size=settings.max_body_bytes,
+        request_class=ApiRequest,
         logging_config=None,  # logging is configured once, by service.logs
     )

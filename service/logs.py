@@ -29,6 +29,21 @@ _QUIET = {
 }
 
 
+class _RootChatter(logging.Filter):
+    """Drops INFO lines that libraries log through the root logger on every call.
+
+    crewai's OpenAI provider logs ``OpenAI API usage: ...`` with ``logging.info`` (the
+    root logger, so no named logger can be turned down): it counts as WARNING here.
+    """
+
+    PREFIXES = ("OpenAI API usage",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "root" or record.levelno >= logging.WARNING or not isinstance(record.msg, str):
+            return True
+        return not record.msg.startswith(self.PREFIXES)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     """Route structlog and stdlib logging to stderr in one format."""
     json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -60,6 +75,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_RootChatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

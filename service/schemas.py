@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 import msgspec
 
-from jobs.models import Task
+from crews.registry import Kind
+from crews.results import Report, Usage
+from jobs.models import Status, Task, TaskError
 
 
 class FieldProblem(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,10 +30,61 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     errors: list[FieldProblem] | None = None
 
 
+class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A task in a list: its state without the report body (``title`` names the report once completed)."""
+
+    id: str
+    kind: Kind
+    status: Status
+    progress: int
+    stage: str
+    params: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    error: TaskError | None
+    usage: Usage
+    trace_id: str | None
+    title: str | None = None
+
+    @classmethod
+    def of(cls, task: Task) -> TaskSummary:
+        fields = {name: getattr(task, name) for name in cls.__struct_fields__ if name != "title"}
+        return cls(**fields, title=task.result.title if task.result else None)
+
+
+class TaskView(msgspec.Struct, frozen=True, kw_only=True):
+    """A task as its owner sees it: state, progress, result and usage; no internal bookkeeping."""
+
+    id: str
+    kind: Kind
+    status: Status
+    progress: int
+    stage: str
+    params: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    result: Report | None
+    error: TaskError | None
+    usage: Usage
+    trace_id: str | None
+
+    @classmethod
+    def of(cls, task: Task) -> TaskView:
+        return cls(**{name: getattr(task, name) for name in cls.__struct_fields__})
+
+
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
     """A page of tasks, newest first; pass ``next_cursor`` as ``cursor`` for the next page."""
 
-    items: list[Task]
+    items: list[TaskSummary]
     next_cursor: str | None
 
 

@@ -18,9 +18,9 @@ from jobs import metrics
 from jobs.models import AlreadyFinished, Status, Task
 from jobs.store import InvalidCursor, TaskStore
 from service.auth import Caller
-from service.errors import Conflict, InvalidInput, NotFound
-from service.openapi import error_responses
-from service.schemas import TaskPage
+from service.errors import Conflict, InvalidInput, NotAcceptable, NotFound
+from service.openapi import ReportOperation, error_responses
+from service.schemas import FieldProblem, TaskPage, TaskSummary, TaskView
 from service.submit import Submitter
 
 log = structlog.get_logger(__name__)
@@ -32,11 +32,20 @@ IdempotencyKey = Annotated[
     HeaderParameter(
         name="Idempotency-Key",
         description="Send the same key again (same body) to get the same task back instead of a second one.",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x20-\x7e]+$",  # printable ASCII
     ),
 ]
 Req = Request[Caller, Any, Any]
 
-_LOCATION = ResponseHeader(name="Location", description="URL of the task.", documentation_only=True)
+# ``value`` is only an example here (the handler sets the header); it gives the header its schema (a string),
+# which OpenAPI 3.1 requires of every header.
+_LOCATION = ResponseHeader(
+    name="Location", description="URL of the task.", documentation_only=True, value="/v1/tasks/{task_id}"
+)
+# What the report can be served as: ``?format=`` value -> media type (first is the default).
+REPORT_FORMATS = {"md": "text/markdown", "json": "application/json"}
 
 
 def _submit_route(path: str, summary: str) -> post:
@@ -45,7 +54,7 @@ def _submit_route(path: str, summary: str) -> post:
         summary=summary,
         status_code=HTTP_202_ACCEPTED,
         response_headers=[_LOCATION],
-        responses=error_responses(400, 401, 413, 422, 429, 503),
+        responses=error_responses(400, 401, 409, 413, 415, 422, 429, 503),
     )
 
 
@@ -56,21 +65,21 @@ class TaskController(Controller):
     @_submit_route("/research", "Submit a research task")
     async def submit_research(
         self, request: Req, data: JSONBody[ResearchParams], tasks: Tasks, idempotency_key: IdempotencyKey = None
-    ) -> Response[Task]:
+    ) -> Response[TaskView]:
         """Research a topic with a crew of the chosen type, depth and language."""
         return await _submit("research", data, request.user, tasks, idempotency_key)
 
     @_submit_route("/swot", "Submit a SWOT analysis")
     async def submit_swot(
         self, request: Req, data: JSONBody[SwotParams], tasks: Tasks, idempotency_key: IdempotencyKey = None
-    ) -> Response[Task]:
+    ) -> Response[TaskView]:
         """Strengths, weaknesses, opportunities and threats of a company."""
         return await _submit("swot", data, request.user, tasks, idempotency_key)
 
     @_submit_route("/investment", "Submit an investment analysis")
     async def submit_investment(
         self, request: Req, data: JSONBody[InvestmentParams], tasks: Tasks, idempotency_key: IdempotencyKey = None
-    ) -> Response[Task]:
+    ) -> Response[TaskView]:
         """A company judged as an investment over a horizon."""
         return await _submit("investment", data, request.user, tasks, idempotency_key)
 
@@ -81,14 +90,14 @@ class TaskController(Controller):
         data: JSONBody[TechnicalReviewParams],
         tasks: Tasks,
         idempotency_key: IdempotencyKey = None,
-    ) -> Response[Task]:
+    ) -> Response[TaskView]:
         """A review of a system, design or piece of code, with optional context."""
         return await _submit("technical_review", data, request.user, tasks, idempotency_key)
 
-    @get("/{task_id:str}", summary="Get a task", responses=error_responses(401, 404, 503))
-    async def get_task(self, request: Req, task_id: FromPath[str], store: Store) -> Task:
+    @get("/{task_id:str}", summary="Get a task", responses=error_responses(400, 401, 404, 503))
+    async def get_task(self, request: Req, task_id: FromPath[str], store: Store) -> TaskView:
         """The task's current state, progress, result and usage."""
-        return await _owned(store, task_id, request.user.tenant)
+        return TaskView.of(await _owned(store, task_id, request.user.tenant))
 
     @get("/", summary="List tasks", responses=error_responses(400, 401, 503))
     async def list_tasks(
@@ -104,44 +113,71 @@ class TaskController(Controller):
         try:
             page = await store.list(request.user.tenant, limit=limit, cursor=cursor, status=status, kind=kind)
         except InvalidCursor:
-            raise InvalidInput("cursor: not a cursor this API returned; start again without it") from None
-        return TaskPage(items=page.items, next_cursor=page.next_cursor)
+            message = "not a cursor this API returned; start again without it"
+            raise InvalidInput(
+                f"cursor: {message}", errors=[FieldProblem(field="cursor", message=message, source="query")]
+            ) from None
+        return TaskPage(items=[TaskSummary.of(t) for t in page.items], next_cursor=page.next_cursor)
 
     @post(
         "/{task_id:str}/cancel",
         summary="Cancel a task",
         status_code=HTTP_200_OK,
-        responses=error_responses(401, 404, 409, 503),
+        responses=error_responses(400, 401, 404, 409, 503),
     )
-    async def cancel_task(self, request: Req, task_id: FromPath[str], store: Store) -> Task:
+    async def cancel_task(self, request: Req, task_id: FromPath[str], store: Store) -> TaskView:
         """Cancel a queued, retrying or running task; a running crew makes no further LLM calls."""
         await _owned(store, task_id, request.user.tenant)
         try:
-            task = await store.update(task_id, Task.cancelled)
+            task = await store.cancel(task_id)
         except AlreadyFinished as finished:
             raise Conflict(f"task {task_id} already finished as {finished.status}; it cannot be cancelled") from None
         if task is None:
             raise NotFound(f"no task {task_id!r} for this API key")
         metrics.TASKS_FINISHED.labels(kind=task.kind, status="cancelled").inc()
         log.info("task_cancelled", task_id=task_id, tenant=task.tenant)
-        return task
+        return TaskView.of(task)
 
     @get(
         "/{task_id:str}/report",
         summary="Get a task's report",
         media_type="text/markdown",
-        responses=error_responses(401, 404, 409, 503),
-        response_description="The report as markdown, or as JSON (`Report`) with `Accept: application/json`.",
+        responses=error_responses(400, 401, 404, 406, 409, 503),
+        response_description="The report as markdown, or as JSON (`Report`) by `Accept` or `?format=json`.",
+        operation_class=ReportOperation,
     )
-    async def get_report(self, request: Req, task_id: FromPath[str], store: Store) -> Response[Any]:
-        """The finished report: markdown by default, the structured report with `Accept: application/json`."""
+    async def get_report(
+        self,
+        request: Req,
+        task_id: FromPath[str],
+        store: Store,
+        format: Annotated[  # noqa: A002 - the query parameter's public name
+            str | None,
+            QueryParameter(description="`md` or `json`; overrides `Accept`. Any other value gets 406."),
+        ] = None,
+    ) -> Response[Any]:
+        """The finished report: markdown by default, or the structured report (`Accept` or `?format=json`)."""
         task = await _owned(store, task_id, request.user.tenant)
+        wanted = _report_type(request, format)
         if task.result is None:
             raise Conflict(f"task {task.id} is {task.status}; its report exists once it is completed")
-        wanted = request.accept.best_match(["text/markdown", "application/json"], default="text/markdown")
         if wanted == "application/json":
             return Response(task.result, media_type="application/json")
-        return Response(task.result.markdown, media_type="text/markdown; charset=utf-8")
+        return Response(task.result.markdown, media_type="text/markdown")  # Litestar adds charset=utf-8
+
+
+def _report_type(request: Req, format: str | None) -> str:  # noqa: A002
+    """The media type to answer with, from ``?format=`` or else ``Accept``; 406 if none can be produced."""
+    offered = ", ".join(REPORT_FORMATS)
+    if format is not None:
+        if format not in REPORT_FORMATS:
+            raise NotAcceptable(f"format: {format!r} is not available; use one of {offered}")
+        return REPORT_FORMATS[format]
+    wanted = request.accept.best_match(list(REPORT_FORMATS.values()))
+    if wanted is None:
+        accept = request.headers.get("accept", "")
+        raise NotAcceptable(f"Accept: cannot produce {accept!r}; the report is {' or '.join(REPORT_FORMATS.values())}")
+    return wanted
 
 
 async def _owned(store: TaskStore, task_id: str, tenant: str) -> Task:
@@ -161,9 +197,9 @@ def _is_uuid(value: str) -> bool:
 
 async def _submit(
     kind: Kind, params: AnyParams, caller: Caller, tasks: Submitter, idempotency_key: str | None
-) -> Response[Task]:
+) -> Response[TaskView]:
     submitted = await tasks.submit(kind, params, caller, idempotency_key)
     headers = {"Location": f"/v1/tasks/{submitted.task.id}"}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return Response(submitted.task, status_code=HTTP_202_ACCEPTED, headers=headers)
+    return Response(TaskView.of(submitted.task), status_code=HTTP_202_ACCEPTED, headers=headers)

@@ -235,12 +235,15 @@ class TestCrashRecovery:
         async with cluster.api() as api:
             task_id = await submit(api, "research", {"topic": "crash-tested topic", "depth": "comprehensive"})
             running = await wait_until(api, task_id, lambda t: t["status"] == "running" and t["progress"] > 5)
-            victim = first if running["worker_id"].split(":")[1] == str(first.pid) else second
+            assert running["status"] == "running"
+            victim = first if str(cluster.worker_of(task_id)).split(":")[1] == str(first.pid) else second
             survivor = second if victim is first else first
             os.kill(victim.pid, signal.SIGKILL)
             killed_at = time.monotonic()
             resumed = await wait_until(
-                api, task_id, lambda t: t["status"] == "running" and str(survivor.pid) in t["worker_id"]
+                api,
+                task_id,
+                lambda t: t["status"] == "running" and str(survivor.pid) in str(cluster.worker_of(task_id)),
             )
             recovery_s = time.monotonic() - killed_at
             final, _ = await wait_finished(api, task_id, ACME)
@@ -298,14 +301,15 @@ class TestGracefulShutdown:
         async with cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Handover Corp"})
             running = await wait_until(api, task_id, lambda t: t["status"] == "running" and t["progress"] > 5)
-            leaving = next(w for w in workers if running["worker_id"].split(":")[1] == str(w.pid))
+            assert running["status"] == "running"
+            leaving = next(w for w in workers if str(cluster.worker_of(task_id)).split(":")[1] == str(w.pid))
             staying = next(w for w in workers if w is not leaving)
             leaving.process.send_signal(signal.SIGTERM)
             assert leaving.process.wait(timeout=20) == 0
             stopped_at = time.time()
             final, _ = await wait_finished(api, task_id, ACME)
         assert final["status"] == "completed"
-        assert str(staying.pid) in final["worker_id"]
+        assert str(staying.pid) in str(cluster.worker_of(task_id))
         assert final["attempt"] == 1, "a handed-back run does not use up an attempt"
         calls = llm_server.received(containing="Handover Corp")
         assert final["usage"]["llm_calls"] == 3, "the result is the new run's alone"

@@ -6,9 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgspec
 from litestar.testing import AsyncTestClient
+from redis import Redis
 
+from jobs.models import Task
 from jobs.settings import Settings, load_settings
+from jobs.store import task_key
 from service.app import create_app
 from tests.conftest import WorkerProcess, service_env
 from tests.support.llm_server import ScriptedLLM
@@ -40,6 +44,15 @@ class Cluster:
     async def api(self) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
         async with AsyncTestClient(create_app(self.settings)) as client:
             yield client
+
+    def worker_of(self, task_id: str) -> str | None:
+        """The worker id the stored task names (internal bookkeeping the API does not serve)."""
+        client = Redis.from_url(self.redis.url)
+        try:
+            raw = client.get(task_key(task_id))
+        finally:
+            client.close()
+        return None if raw is None else msgspec.json.decode(raw, type=Task).worker_id
 
     def close(self) -> None:
         for worker in self.workers:

@@ -33,7 +33,7 @@ class Reply:
 
 @dataclass(frozen=True)
 class Recorded:
-    """A request the server received."""
+    """A request the server received; ``at`` is when it started (before any scripted delay)."""
 
     path: str
     headers: dict[str, str]
@@ -43,14 +43,28 @@ class Recorded:
     @property
     def text(self) -> str:
         """All message contents joined, for matching on prompt text."""
-        parts: list[str] = []
-        for message in self.body.get("messages", []):
-            content = message.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        return "\n".join(parts)
+        return _text_of(self.body)
+
+
+@dataclass(frozen=True)
+class Billed:
+    """A completion the server delivered, with the usage it reported (what a provider bills)."""
+
+    request: Recorded
+    prompt_tokens: int
+    completion_tokens: int
+    at: float
+
+
+def _text_of(body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "\n".join(parts)
 
 
 def count_tokens(text: str) -> int:
@@ -90,6 +104,8 @@ class ScriptedLLM:
     def __init__(self, *, model: str = "scripted-model") -> None:
         self.model = model
         self.requests: list[Recorded] = []
+        self.billed: list[Billed] = []
+        self._answered: list[Recorded] = []  # errors included
         self.default_delay_s = 0.0
         self.text_reply: Callable[[Recorded], str] = default_text_reply
         self._script: deque[Reply] = deque()
@@ -113,6 +129,8 @@ class ScriptedLLM:
         """Forget recorded requests, queued replies and overrides."""
         with self._lock:
             self.requests.clear()
+            self.billed.clear()
+            self._answered.clear()
             self._script.clear()
         self.default_delay_s = 0.0
         self.text_reply = default_text_reply
@@ -122,6 +140,19 @@ class ScriptedLLM:
         with self._lock:
             items = list(self.requests)
         return [r for r in items if containing is None or containing in r.text]
+
+    def completed(self, containing: str | None = None) -> list[Billed]:
+        """Completions delivered to the client (and so billed), optionally only for prompts containing a text."""
+        with self._lock:
+            items = list(self.billed)
+        return [b for b in items if containing is None or containing in b.request.text]
+
+    def in_flight(self, containing: str | None = None) -> int:
+        """Requests received whose reply has not been delivered yet (or never will be: errors count as done)."""
+        with self._lock:
+            done = {id(r) for r in self._answered}
+            items = list(self.requests)
+        return sum(1 for r in items if id(r) not in done and (containing is None or containing in r.text))
 
     def close(self) -> None:
         self._server.shutdown()
@@ -133,6 +164,15 @@ class ScriptedLLM:
             if self._script:
                 return self._script.popleft()
         return Reply(delay_s=self.default_delay_s)
+
+    def _billed(self, recorded: Recorded, usage: dict[str, int]) -> None:
+        billed = Billed(recorded, usage["prompt_tokens"], usage["completion_tokens"], time.time())
+        with self._lock:
+            self.billed.append(billed)
+
+    def _answer_sent(self, recorded: Recorded) -> None:
+        with self._lock:
+            self._answered.append(recorded)
 
     def _completion(self, recorded: Recorded, reply: Reply) -> dict[str, Any]:
         body = recorded.body
@@ -175,6 +215,7 @@ class ScriptedLLM:
                 """Keep test output clean."""
 
             def do_POST(self) -> None:
+                started = time.time()
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if not self.path.rstrip("/").endswith("/chat/completions"):
@@ -184,16 +225,21 @@ class ScriptedLLM:
                     path=self.path,
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=body,
-                    at=time.time(),
+                    at=started,
                 )
                 reply = llm._next(recorded)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
-                if reply.status != 200:
-                    message = reply.content or f"scripted error {reply.status}"
-                    self._send(reply.status, {"error": {"message": message}}, reply.headers)
-                    return
-                self._send(200, llm._completion(recorded, reply), reply.headers)
+                try:
+                    if reply.status != 200:
+                        message = reply.content or f"scripted error {reply.status}"
+                        self._send(reply.status, {"error": {"message": message}}, reply.headers)
+                        return
+                    completion = llm._completion(recorded, reply)
+                    self._send(200, completion, reply.headers)
+                    llm._billed(recorded, completion["usage"])
+                finally:
+                    llm._answer_sent(recorded)
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()

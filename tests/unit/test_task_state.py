@@ -7,7 +7,8 @@ import itertools
 import msgspec
 import pytest
 
-from jobs.models import TERMINAL, TRANSITIONS, InvalidTransition, Status, Task, TaskError, utcnow
+from crews.results import Usage
+from jobs.models import TERMINAL, TRANSITIONS, USAGE_WRITABLE, InvalidTransition, Status, Task, TaskError, utcnow
 
 
 def make_task(status: Status = "queued", progress: int = 0) -> Task:
@@ -74,6 +75,40 @@ class TestProgress:
         """A progress report for a task that is not running changes nothing."""
         task = make_task(status)
         assert task.with_progress(50, "x") is task
+
+
+def usage(calls: int, tokens: int = 10) -> Usage:
+    return Usage(llm_calls=calls, prompt_tokens=tokens, completion_tokens=tokens // 2, model="openai/m")
+
+
+class TestUsage:
+    @pytest.mark.parametrize("status", sorted(USAGE_WRITABLE))
+    def test_the_execution_that_ran_the_task_records_usage_also_after_a_stop(self, status: Status) -> None:
+        """Running, cancelled or failed: the execution holding the token still records the calls it completed."""
+        task = msgspec.structs.replace(make_task(status), run_token=7)
+        after = task.with_usage(usage(3), run_token=7)
+        assert after.usage == usage(3) and after.status == status
+
+    def test_usage_of_another_execution_or_onto_a_completed_task_is_ignored(self) -> None:
+        """A superseded execution never writes, and a completed task's usage is the one it completed with."""
+        running = msgspec.structs.replace(make_task("running"), run_token=7)
+        assert running.with_usage(usage(3), run_token=6) is running
+        completed = msgspec.structs.replace(make_task("completed"), run_token=7)
+        assert completed.with_usage(usage(3), run_token=7) is completed
+        requeued = msgspec.structs.replace(make_task("queued"), run_token=7)  # handed back
+        assert requeued.with_usage(usage(3), run_token=7) is requeued
+
+    def test_usage_never_goes_back(self) -> None:
+        """An older snapshot arriving late does not overwrite a newer one."""
+        task = msgspec.structs.replace(make_task("cancelled"), run_token=7).with_usage(usage(3), run_token=7)
+        assert task.with_usage(usage(2, 50), run_token=7) is task
+        assert task.with_usage(usage(3), run_token=7) is task
+        assert task.with_usage(usage(3, 20), run_token=7).usage == usage(3, 20)
+
+    def test_a_new_execution_starts_with_its_own_usage(self) -> None:
+        """Usage is the current run's: a retried task does not show the previous attempt's calls as its own."""
+        retrying = msgspec.structs.replace(make_task("retrying"), usage=usage(2))
+        assert retrying.started(run_token=8, worker_id="w", job_id="j").usage == Usage()
 
 
 class TestEncoding:
