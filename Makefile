@@ -31,8 +31,8 @@ run: install ## Start Redis, the API and a worker (PORT=8000 REDIS_PORT=6390; of
 test: install ## Run the whole test suite (starts its own redis-server and scripted LLM)
 	$(PY) -m pytest
 
-test-fast: install ## Run the tests, skipping the ones that start whole processes
-	$(PY) -m pytest -m "not slow"
+test-fast: install ## Unit tests only: no Redis, no LLM server, no process started (under a minute)
+	$(PY) -m pytest tests/unit -m "not slow"
 
 lint: install ## ruff: lint and formatting check
 	$(VENV)/bin/ruff check $(CODE) tests

@@ -10,24 +10,47 @@ such everywhere it shows up.
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import msgspec
+
+from crews.checked import Checked
 
 DEMO_MODEL = "agentfarm-demo-offline"
 
 
-class LLMConfig(msgspec.Struct, frozen=True, kw_only=True):
+def _model(raw: str) -> str:
+    provider, sep, name = raw.partition("/")
+    if not sep or not provider or not name:
+        raise ValueError(raw)
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError(raw)
+    return raw
+
+
+def _env(parse: object, expected: str, *, secret: bool = False) -> msgspec.Meta:
+    # How the settings loader reads the variable (see jobs.settings.env).
+    return msgspec.Meta(extra={"parse": parse, "expected": expected, "secret": secret})
+
+
+class LLMConfig(Checked, frozen=True, kw_only=True):
     """How workers reach the LLM."""
 
-    model: str = ""
-    base_url: str | None = None
-    api_key: str | None = msgspec.field(default=None)
-    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    # A bare name would fall back to LiteLLM, which is not installed: a provider prefix is required.
+    model: Annotated[str, _env(_model, "provider/model, e.g. openai/gpt-4o-mini")] = ""
+    base_url: Annotated[str | None, _env(_http_url, "an http(s) URL")] = None
+    api_key: Annotated[str | None, _env(str, "the provider's key", secret=True)] = None
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
     max_iter: Annotated[int, msgspec.Meta(ge=1, le=25)] = 5
     # Retries of one call inside the OpenAI-compatible client (5xx, timeouts), before the job's own retries.
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
     # LLM calls per minute for this model across all workers; 0 means no limit.
-    rpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    rpm: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
 
     @property
     def is_demo(self) -> bool:

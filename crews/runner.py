@@ -1,6 +1,8 @@
 """Run one job's crew: build it fresh, report progress, return the report and usage.
 
-This is the only module that imports crewai. It runs in a worker thread, so
+With ``crews.tracing`` and ``crews.demo_llm``, one of the three modules that import
+crewai (``crews/__init__.py`` sets crewai's environment before any of them
+loads it); only worker processes import them. It runs in a worker thread, so
 everything it reports goes through the ``RunObserver`` the caller passes in.
 Usage is reported as calls complete (from the job's own LLM instance), so a
 run that is stopped or abandoned still accounts for every call it made.
@@ -8,20 +10,10 @@ run that is stopped or abandoned still accounts for every call it made.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
-
-# crewai reads these at import: no telemetry or tracing calls home, no version
-# check, and its storage goes somewhere writable.
-os.environ["CREWAI_DISABLE_TELEMETRY"] = "true"
-os.environ["CREWAI_TRACING_ENABLED"] = "false"
-os.environ["CREWAI_DISABLE_VERSION_CHECK"] = "true"
-os.environ.setdefault("CREWAI_STORAGE_DIR", str(Path(tempfile.gettempdir()) / "agentfarm-crewai"))
 
 from crewai import LLM, Agent, Crew, Process, Task
 from crewai.crews.crew_output import CrewOutput
@@ -34,9 +26,9 @@ from pydantic import BaseModel, Field
 from crews.control import stop_points
 from crews.demo_llm import DemoLLM
 from crews.llm import LLMConfig
-from crews.params import AnyParams
-from crews.registry import Kind, crew_inputs, load_prompts, plan_for, subject_of
+from crews.params import Params
 from crews.results import Report, Section, Usage
+from crews.spec import CrewSpec
 from crews.tracing import CrewTracer, tracer
 
 # Progress spent before the first LLM call, and the part spread over the tasks.
@@ -140,10 +132,10 @@ register_before_llm_call_hook(_before_llm_call)
 register_after_llm_call_hook(_after_llm_call)
 
 
-def build_llm(config: LLMConfig, params: AnyParams) -> BaseLLM:
+def build_llm(config: LLMConfig, crew: CrewSpec[Any], params: Params) -> BaseLLM:
     """A fresh LLM per job: crewai's usage counters are per instance."""
     if config.is_demo:
-        return DemoLLM(subject=subject_of(params), language=params.language)
+        return DemoLLM(subject=crew.subject_of(params), language=params.language)
     return LLM(
         model=config.model,
         base_url=config.base_url,
@@ -153,16 +145,17 @@ def build_llm(config: LLMConfig, params: AnyParams) -> BaseLLM:
     )
 
 
-def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObserver) -> Report:
+def run_crew(crew_spec: CrewSpec[Any], params: Params, config: LLMConfig, observer: RunObserver) -> Report:
     """Build the job's crew, run it to the end and return its report.
 
     Usage is handed to ``observer.on_usage`` as calls complete and once more at
     the end, whether the run succeeds or not: tokens spent on a failed, stopped
     or abandoned run are still spent.
     """
-    prompts = load_prompts()
-    plan = plan_for(kind, params)
-    llm = build_llm(config, params)
+    kind = crew_spec.name
+    prompts = crew_spec.prompts()
+    plan = crew_spec.plan(params)
+    llm = build_llm(config, crew_spec, params)
     max_iter = min(plan.max_iter, config.max_iter)
     agents: dict[str, Agent] = {}
     tasks: list[Task] = []
@@ -211,7 +204,7 @@ def run_crew(kind: Kind, params: AnyParams, config: LLMConfig, observer: RunObse
         try:
             observer.on_progress(_START_PROGRESS, "crew: starting")
             with stop_points(observer.stop_point):
-                output = crew.kickoff(inputs=crew_inputs(params))
+                output = crew.kickoff(inputs=crew_spec.inputs(params))
         except BaseException as exc:
             error = exc
             raise

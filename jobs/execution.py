@@ -332,8 +332,8 @@ async def _run_execution(runtime: WorkerRuntime, task: Task, job_id: str, queued
     token = await runtime.leases.acquire(task_id, runtime.settings.task_ttl_s)
     if token is None:
         # Another execution holds the lease (a duplicate delivery): look again once it may have lapsed.
-        log.info("task_leased_elsewhere", retry_in_s=runtime.settings.worker_lease_s)
-        raise Retry(defer=runtime.settings.worker_lease_s)
+        log.info("task_leased_elsewhere", retry_in_s=runtime.settings.worker.lease_s)
+        raise Retry(defer=runtime.settings.worker.lease_s)
     execution = Execution(task_id, token, functools.partial(cancel_marker_set, runtime.sync_redis, task_id))
     try:
         started = await store.update(
@@ -380,11 +380,11 @@ async def _hand_back(runtime: WorkerRuntime, execution: Execution) -> None:
 async def _execute(runtime: WorkerRuntime, execution: Execution, task: Task, observer: ExecutionObserver) -> Outcome:
     """Run the crew in the thread pool under the kind's soft and hard time limits."""
     policy = runtime.settings.policy(task.kind)
-    params = msgspec.convert(task.params, KINDS[task.kind].params_type)
+    params = msgspec.convert(task.params, KINDS[task.kind].params)
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
     future: asyncio.Future[Any] = loop.run_in_executor(
-        runtime.pool, context.run, run_crew, task.kind, params, runtime.settings.llm, observer
+        runtime.pool, context.run, run_crew, KINDS[task.kind].crew, params, runtime.settings.llm, observer
     )
     stop_waiter: asyncio.Future[Any] = asyncio.ensure_future(execution.stopped.wait())
     began = time.monotonic()

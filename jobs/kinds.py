@@ -1,28 +1,96 @@
-"""The four job kinds: their queue, input struct and URL path."""
+"""The job kinds: one row each, and everything else reads this table.
+
+A row says where a kind is submitted (URL path), which queue runs it, which
+crew (``crews/<name>/``, with its typed input) it runs, and its default
+policy. The submit routes, the OpenAPI document, the CLI, the settings (and
+``.env.example``), the docs checks and the tests' parametrisation are all
+generated from ``KINDS``: adding a kind is one row here plus one crew folder.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from crews.params import AnyParams, InvestmentParams, ResearchParams, SwotParams, TechnicalReviewParams
-from crews.registry import Kind
+from crews.investment.crew import CREW as INVESTMENT
+from crews.params import Params
+from crews.research.crew import CREW as RESEARCH
+from crews.spec import CrewSpec
+from crews.swot.crew import CREW as SWOT
+from crews.technical_review.crew import CREW as TECHNICAL_REVIEW
 
 Queue = Literal["research", "specialized"]
 QUEUES: tuple[Queue, ...] = ("research", "specialized")
 
 
 @dataclass(frozen=True, slots=True)
-class KindSpec:
-    name: Kind
+class Policy:
+    """A kind's default limits; each is a setting (``AGENTFARM_<KIND>_<FIELD>``)."""
+
+    rate: str  # submissions per API key, e.g. "10/minute"
+    attempts: int
+    backoff_s: float  # the first retry's backoff; doubles each attempt
+    soft_timeout_s: float
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One job kind."""
+
+    name: str
+    path: str  # POST /v1/tasks/{path}
     queue: Queue
-    params_type: type[AnyParams]
-    path: str
+    crew: CrewSpec[Any]
+    policy: Policy
+    summary: str  # the submit route's OpenAPI summary and the CLI's help line
+
+    @property
+    def params(self) -> type[Params]:
+        return self.crew.params
 
 
-KINDS: dict[Kind, KindSpec] = {
-    "research": KindSpec("research", "research", ResearchParams, "research"),
-    "swot": KindSpec("swot", "specialized", SwotParams, "swot"),
-    "investment": KindSpec("investment", "specialized", InvestmentParams, "investment"),
-    "technical_review": KindSpec("technical_review", "specialized", TechnicalReviewParams, "technical-review"),
+_SPECIALIZED = Policy(rate="5/minute", attempts=3, backoff_s=30, soft_timeout_s=480, timeout_s=600)
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind(
+            "research",
+            "research",
+            "research",
+            RESEARCH,
+            Policy(rate="10/minute", attempts=4, backoff_s=60, soft_timeout_s=780, timeout_s=900),
+            "Research a topic with a crew of the chosen type, depth and language",
+        ),
+        Kind("swot", "swot", "specialized", SWOT, _SPECIALIZED, "A SWOT analysis of a company"),
+        Kind(
+            "investment",
+            "investment",
+            "specialized",
+            INVESTMENT,
+            _SPECIALIZED,
+            "A company judged as an investment over a horizon",
+        ),
+        Kind(
+            "technical_review",
+            "technical-review",
+            "specialized",
+            TECHNICAL_REVIEW,
+            _SPECIALIZED,
+            "A review of a system, design or piece of code, with optional context",
+        ),
+    )
 }
+
+
+if TYPE_CHECKING:
+    KindName = str
+else:
+    # A Literal built from the table: msgspec validates it and the OpenAPI document lists the kinds.
+    KindName = Literal[tuple(KINDS)]
+
+
+def by_path(path: str) -> Kind | None:
+    """The kind submitted at ``/v1/tasks/{path}`` (or named ``path``): both spellings are accepted."""
+    return next((k for k in KINDS.values() if path in (k.path, k.name)), None)

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from crews.registry import Kind
 from crews.results import Report, Usage
+from jobs.kinds import KindName as Kind
 
 Status = Literal["queued", "running", "retrying", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[Status] = frozenset({"completed", "failed", "cancelled"})

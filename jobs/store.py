@@ -18,7 +18,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from crews.registry import Kind
+from jobs.kinds import KindName as Kind
 from jobs.models import Status, Task
 
 _PREFIX = "agentfarm"

@@ -50,24 +50,24 @@ class WorkerRuntime:
         self.queues = queues
         self.redis = redis
         self.store = TaskStore(redis, settings.task_ttl_s)
-        self.leases = Leases(redis, settings.worker_lease_s)
+        self.leases = Leases(redis, settings.worker.lease_s)
         # For crew threads: the LLM rate limit and the cancel marker checked at every stop point.
         self.sync_redis: SyncRedis = SyncRedis.from_url(
-            settings.redis_url, socket_timeout=_SYNC_TIMEOUT_S, socket_connect_timeout=_SYNC_TIMEOUT_S
+            settings.redis.url, socket_timeout=_SYNC_TIMEOUT_S, socket_connect_timeout=_SYNC_TIMEOUT_S
         )
         self.llm_limiter = SyncRateLimiter(self.sync_redis)
         # Twice the concurrency: a crew that was stopped but is still inside an LLM call
         # keeps its thread for a while; the spare threads keep that from taking a slot.
-        self.pool = ThreadPoolExecutor(max_workers=settings.worker_concurrency * 2, thread_name_prefix="crew")
+        self.pool = ThreadPoolExecutor(max_workers=settings.worker.concurrency * 2, thread_name_prefix="crew")
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.active: dict[str, Execution] = {}
         self._loops: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self._beat()
-        interval = max(0.1, self.settings.worker_lease_s / 3)
+        interval = max(0.1, self.settings.worker.lease_s / 3)
         self._loops = [
-            asyncio.create_task(self._every(self.settings.worker_heartbeat_s, self._beat, "heartbeat")),
+            asyncio.create_task(self._every(self.settings.worker.heartbeat_s, self._beat, "heartbeat")),
             asyncio.create_task(self._every(interval, self._watch, "lease_watch")),
             asyncio.create_task(self._every(interval, self._reap, "reaper")),
             asyncio.create_task(self._listen_for_cancels()),
@@ -100,7 +100,7 @@ class WorkerRuntime:
             for queue in self.queues:
                 pipe.zadd(workers_key(queue), {self.worker_id: now})
                 # Forget workers that stopped beating long ago (crashed without saying so).
-                pipe.zremrangebyscore(workers_key(queue), "-inf", now - 60 * self.settings.worker_heartbeat_s)
+                pipe.zremrangebyscore(workers_key(queue), "-inf", now - 60 * self.settings.worker.heartbeat_s)
             await pipe.execute()
 
     async def _watch(self) -> None:
@@ -150,17 +150,17 @@ class WorkerRuntime:
 def _worker(settings: Settings, queue: Queue, runtime: WorkerRuntime, *, burst: bool) -> Worker:
     kinds = [k for k, spec in KINDS.items() if spec.queue == queue]
     # A backstop only: executions enforce the kinds' own limits and hand tasks back themselves.
-    timeout = max(settings.policy(k).timeout_s for k in kinds) + settings.worker_shutdown_grace_s + 60
+    timeout = max(settings.policy(k).timeout_s for k in kinds) + settings.worker.shutdown_grace_s + 60
     return Worker(
         functions=[func(run_task, name=JOB_FUNCTION, timeout=timeout, max_tries=_ARQ_MAX_TRIES)],
         queue_name=queue_key(queue),
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        redis_settings=RedisSettings.from_dsn(settings.redis.url),
         burst=burst,
         handle_signals=False,
-        max_jobs=settings.worker_concurrency,
-        poll_delay=settings.worker_poll_delay_s,
+        max_jobs=settings.worker.concurrency,
+        poll_delay=settings.worker.poll_delay_s,
         # Running jobs stay in arq's queue set; read past them so idle workers never starve.
-        queue_read_limit=max(1000, settings.worker_concurrency * 50),
+        queue_read_limit=max(1000, settings.worker.concurrency * 50),
         keep_result=0,
         ctx={"runtime": runtime},
         job_serializer=serialize,
@@ -218,7 +218,7 @@ async def serve(settings: Settings, queues: tuple[Queue, ...], *, burst: bool = 
     crews' next LLM calls are refused). A second signal skips the grace period.
     """
     redis = await create_pool(
-        RedisSettings.from_dsn(settings.redis_url), job_serializer=serialize, job_deserializer=deserialize
+        RedisSettings.from_dsn(settings.redis.url), job_serializer=serialize, job_deserializer=deserialize
     )
     runtime = WorkerRuntime(settings, queues, redis)
     supervisor = _Supervisor(settings, queues, runtime, burst)
@@ -241,11 +241,11 @@ async def serve(settings: Settings, queues: tuple[Queue, ...], *, burst: bool = 
             "worker_stopping",
             signal=signal.Signals(signum).name,
             running=len(runtime.active),
-            grace_s=settings.worker_shutdown_grace_s if first else 0,
+            grace_s=settings.worker.shutdown_grace_s if first else 0,
         )
         if draining is not None:
             draining.cancel()
-        draining = loop.create_task(drain(settings.worker_shutdown_grace_s if first else 0))
+        draining = loop.create_task(drain(settings.worker.shutdown_grace_s if first else 0))
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -253,11 +253,11 @@ async def serve(settings: Settings, queues: tuple[Queue, ...], *, burst: bool = 
     log.info(
         "worker_started",
         queues=list(queues),
-        concurrency=settings.worker_concurrency,
+        concurrency=settings.worker.concurrency,
         model=settings.llm.model_name,
         demo_model=settings.llm.is_demo,
         worker_id=runtime.worker_id,
-        lease_s=settings.worker_lease_s,
+        lease_s=settings.worker.lease_s,
     )
     try:
         await asyncio.gather(*(supervisor.run_queue(q) for q in queues))

@@ -25,7 +25,7 @@ from service.openapi import error_responses
 def operator_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     settings: Settings = connection.app.state.settings
     presented = bearer_token(connection.headers.get("authorization", ""))
-    if presented is None or not is_operator(settings.admin_keys, presented):
+    if presented is None or not is_operator(settings.api.admin_keys, presented):
         raise NotAuthorizedException(
             "an operator key (AGENTFARM_ADMIN_KEYS) is required", headers={"WWW-Authenticate": "Bearer"}
         )

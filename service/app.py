@@ -24,7 +24,7 @@ from service.health import HealthController
 from service.observability import MetricsController, tracing_plugin
 from service.openapi import StrictStructSchemaPlugin, docs_assets, openapi_config
 from service.submit import Submitter
-from service.tasks import TaskController
+from service.tasks import TaskController, submit_routes
 from service.validation import ApiRequest
 
 # Connecting gives up after this long, so a request while Redis is down gets a quick 503.
@@ -54,7 +54,7 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def redis_lifespan(app: Litestar) -> AsyncIterator[None]:
         # arq's client is a redis.asyncio client: it serves the queue and the task store.
-        pool = redis_client(settings.redis_url)
+        pool = redis_client(settings.redis.url)
         app.state.queue = pool
         app.state.store = TaskStore(pool, settings.task_ttl_s)
         app.state.submitter = Submitter(settings, app.state.store, pool, RateLimiter(pool))
@@ -77,7 +77,14 @@ def create_app(settings: Settings) -> Litestar:
         return queue
 
     return Litestar(
-        route_handlers=[TaskController, AdminController, HealthController, MetricsController, docs_assets()],
+        route_handlers=[
+            *submit_routes(),
+            TaskController,
+            AdminController,
+            HealthController,
+            MetricsController,
+            docs_assets(),
+        ],
         state=State({"settings": settings}),
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
@@ -86,12 +93,12 @@ def create_app(settings: Settings) -> Litestar:
             "tasks": Provide(provide_submitter, sync_to_thread=False),
         },
         lifespan=[redis_lifespan],
-        middleware=[bearer_auth(settings.api_keys)],  # metrics and the access log: tracing_plugin, app-wide
+        middleware=[bearer_auth(settings.api.api_keys)],  # metrics and the access log: tracing_plugin, app-wide
         exception_handlers={Exception: to_problem},
         openapi_config=openapi_config(app_version()),
         plugins=[StrictStructSchemaPlugin(), tracing_plugin()],
-        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
-        request_max_body_size=settings.max_body_bytes,
+        cors_config=CORSConfig(allow_origins=list(settings.api.cors_origins)) if settings.api.cors_origins else None,
+        request_max_body_size=settings.api.max_body_bytes,
         request_class=ApiRequest,
         logging_config=None,  # logging is configured once, by service.logs
     )

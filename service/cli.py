@@ -59,7 +59,7 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
     from service.logs import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log.level.upper(), settings.log.format)
     return settings
 
 
@@ -109,9 +109,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             bind=config.bind,
             model=settings.llm.model_name,
             demo_model=settings.llm.is_demo,
-            tenants=sorted({k.tenant for k in settings.api_keys}),
+            tenants=sorted({k.tenant for k in settings.api.api_keys}),
         )
-        if not settings.api_keys:
+        if not settings.api.api_keys:
             log.warning("no_api_keys", hint="set AGENTFARM_API_KEYS=tenant:key; every request will get 401")
         await serve(create_app(settings), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
@@ -135,11 +135,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from jobs.worker import serve  # imports crewai: only worker processes pay for it
 
     try:
-        start_worker_metrics_server(settings.worker_metrics_port)
+        start_worker_metrics_server(settings.worker.metrics_port)
     except OSError as exc:
         log.warning(
             "worker_metrics_not_served",
-            port=settings.worker_metrics_port,
+            port=settings.worker.metrics_port,
             error=str(exc),
             hint="set AGENTFARM_WORKER_METRICS_PORT to a free port (or 0 for none) per worker process",
         )
@@ -169,7 +169,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from jobs.store import TaskStore
 
     settings = _settings()
-    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    redis_settings = RedisSettings.from_dsn(settings.redis.url)
     redis_settings.conn_retries = 0
 
     async def run() -> int:

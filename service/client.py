@@ -14,12 +14,11 @@ import json
 import os
 import sys
 import time
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import httpx
 import msgspec
 
-from crews.registry import Kind
 from jobs.kinds import KINDS
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -65,7 +64,7 @@ def _describe(info: msgspec.inspect.Type) -> tuple[str, str]:
 
 
 def kind_fields(kind: str) -> list[msgspec.inspect.Field]:
-    info = msgspec.inspect.type_info(KINDS[cast(Kind, kind)].params_type)
+    info = msgspec.inspect.type_info(KINDS[kind].params)
     assert isinstance(info, msgspec.inspect.StructType)
     return sorted(info.fields, key=lambda f: (not f.required, f.name == "language"))
 
@@ -75,7 +74,7 @@ def kinds_help() -> str:
     lines = ["kinds and their fields (name=value):"]
     for kind, spec in KINDS.items():
         alias = f" (or {spec.path})" if spec.path != kind else ""
-        lines.append(f"  {kind}{alias}: {spec.params_type.__doc__ or ''}".rstrip())
+        lines.append(f"  {kind}{alias}: {spec.params.__doc__ or ''}".rstrip())
         for field in kind_fields(kind):
             values, description = _describe(field.type)
             default = "required" if field.required else f"default {field.default or '(empty)'}"

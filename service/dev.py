@@ -98,7 +98,7 @@ def _run(
         settings = load_settings(env)
     except SettingsError as exc:
         raise DevError(str(exc)) from None
-    grace_s[0] = settings.worker_shutdown_grace_s
+    grace_s[0] = settings.worker.shutdown_grace_s
 
     if own_redis:
         redis_dir = (RUN_DIR / "redis").absolute()

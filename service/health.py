@@ -35,7 +35,7 @@ class HealthController(Controller):
         """Redis is reachable (else 503); live workers and depth per queue ("degraded" when a queue has none)."""
         try:
             await queue.ping()
-            snapshot = await queue_snapshot(queue, settings.worker_heartbeat_s)
+            snapshot = await queue_snapshot(queue, settings.worker.heartbeat_s)
             queues = {q: QueueHealth(depth=depth, live_workers=live) for q, (depth, live) in snapshot.items()}
         except (RedisError, OSError):
             return Response(Readiness(status="unavailable", redis="unreachable"), status_code=503)

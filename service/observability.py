@@ -135,7 +135,7 @@ class MetricsController(Controller):
         """Prometheus exposition: HTTP requests, tasks submitted here, and queue depth and live workers from Redis."""
 
         async def snapshot() -> dict[str, tuple[int, int]]:
-            return await queue_snapshot(queue, settings.worker_heartbeat_s)
+            return await queue_snapshot(queue, settings.worker.heartbeat_s)
 
         body = generate_latest(HTTP_REGISTRY) + await metrics.render_metrics(metrics.REGISTRY, snapshot)
         return Response(body, media_type=_EXPOSITION)

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from crews.registry import Kind
 from crews.results import Report, Usage
+from jobs.kinds import KindName
 from jobs.models import Status, Task, TaskError
 
 
@@ -34,7 +34,7 @@ class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
     """A task in a list: its state without the report body (``title`` names the report once completed)."""
 
     id: str
-    kind: Kind
+    kind: KindName
     status: Status
     progress: int
     stage: str
@@ -60,7 +60,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     """A task as its owner sees it: state, progress, result and usage; no internal bookkeeping."""
 
     id: str
-    kind: Kind
+    kind: KindName
     status: Status
     progress: int
     stage: str

@@ -9,8 +9,7 @@ import msgspec
 import structlog
 from arq.connections import ArqRedis
 
-from crews.params import AnyParams
-from crews.registry import Kind
+from crews.params import Params
 from jobs import idempotency, metrics
 from jobs.models import Task, TaskError, utcnow
 from jobs.queue import enqueue
@@ -41,7 +40,7 @@ class Submitter:
         self.queue = queue
         self.limiter = limiter
 
-    async def submit(self, kind: Kind, params: AnyParams, caller: Caller, idempotency_key: str | None) -> Submitted:
+    async def submit(self, kind: str, params: Params, caller: Caller, idempotency_key: str | None) -> Submitted:
         task_id = str(uuid.uuid4())
         if idempotency_key is not None:
             replay = await self._claim(kind, params, caller, idempotency_key, task_id)
@@ -57,7 +56,7 @@ class Submitter:
         log.info("task_submitted", task_id=task.id, kind=kind, tenant=caller.tenant)
         return Submitted(task, replayed=False)
 
-    async def _claim(self, kind: Kind, params: AnyParams, caller: Caller, key: str, task_id: str) -> Task | None:
+    async def _claim(self, kind: str, params: Params, caller: Caller, key: str, task_id: str) -> Task | None:
         if not 1 <= len(key) <= 255 or not key.isprintable():
             raise InvalidInput("Idempotency-Key: must be 1-255 printable characters")
         fingerprint = idempotency.fingerprint(kind, params)
@@ -74,7 +73,7 @@ class Submitter:
             raise Conflict("a request with this Idempotency-Key is still being processed; retry in a moment")
         return task
 
-    async def _check_rate(self, kind: Kind, caller: Caller) -> None:
+    async def _check_rate(self, kind: str, caller: Caller) -> None:
         limit = caller.rate_limit or self.settings.policy(kind).rate_limit
         decision = await self.limiter.hit(f"submit:{caller.tenant}:{kind}", limit)
         if not decision.allowed:
@@ -83,7 +82,7 @@ class Submitter:
                 headers={"Retry-After": decision.retry_after_header},
             )
 
-    async def _create(self, kind: Kind, params: AnyParams, caller: Caller, task_id: str) -> Task:
+    async def _create(self, kind: str, params: Params, caller: Caller, task_id: str) -> Task:
         now = utcnow()
         task = Task(
             id=task_id,

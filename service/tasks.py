@@ -9,12 +9,13 @@ import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
-from crews.params import AnyParams, InvestmentParams, ResearchParams, SwotParams, TechnicalReviewParams
-from crews.registry import Kind
+from crews.params import Params
 from jobs import metrics
+from jobs.kinds import KINDS, Kind, KindName
 from jobs.models import AlreadyFinished, Status, Task
 from jobs.store import InvalidCursor, TaskStore
 from service.auth import Caller
@@ -48,51 +49,36 @@ _LOCATION = ResponseHeader(
 REPORT_FORMATS = {"md": "text/markdown", "json": "application/json"}
 
 
-def _submit_route(path: str, summary: str) -> post:
+def submit_route(kind: Kind) -> HTTPRouteHandler:
+    """``POST /v1/tasks/{kind.path}``: the body is the kind's input struct, validated before the handler runs."""
+
+    async def submit(
+        request: Req, data: Any, tasks: Tasks, idempotency_key: IdempotencyKey = None
+    ) -> Response[TaskView]:
+        return await _submit(kind.name, data, request.user, tasks, idempotency_key)
+
+    submit.__name__ = submit.__qualname__ = f"submit_{kind.name}"
+    json_body: Any = JSONBody  # the body's type is this row's input struct, known only at run time
+    submit.__annotations__["data"] = json_body[kind.params]
+    submit.__doc__ = kind.params.__doc__
     return post(
-        path,
-        summary=summary,
+        f"/v1/tasks/{kind.path}",
+        summary=kind.summary,
+        tags=["tasks"],
         status_code=HTTP_202_ACCEPTED,
         response_headers=[_LOCATION],
         responses=error_responses(400, 401, 409, 413, 415, 422, 429, 503),
-    )
+    )(submit)
+
+
+def submit_routes() -> list[HTTPRouteHandler]:
+    """One submit route per row of the kinds table."""
+    return [submit_route(kind) for kind in KINDS.values()]
 
 
 class TaskController(Controller):
     path = "/v1/tasks"
     tags = ("tasks",)
-
-    @_submit_route("/research", "Submit a research task")
-    async def submit_research(
-        self, request: Req, data: JSONBody[ResearchParams], tasks: Tasks, idempotency_key: IdempotencyKey = None
-    ) -> Response[TaskView]:
-        """Research a topic with a crew of the chosen type, depth and language."""
-        return await _submit("research", data, request.user, tasks, idempotency_key)
-
-    @_submit_route("/swot", "Submit a SWOT analysis")
-    async def submit_swot(
-        self, request: Req, data: JSONBody[SwotParams], tasks: Tasks, idempotency_key: IdempotencyKey = None
-    ) -> Response[TaskView]:
-        """Strengths, weaknesses, opportunities and threats of a company."""
-        return await _submit("swot", data, request.user, tasks, idempotency_key)
-
-    @_submit_route("/investment", "Submit an investment analysis")
-    async def submit_investment(
-        self, request: Req, data: JSONBody[InvestmentParams], tasks: Tasks, idempotency_key: IdempotencyKey = None
-    ) -> Response[TaskView]:
-        """A company judged as an investment over a horizon."""
-        return await _submit("investment", data, request.user, tasks, idempotency_key)
-
-    @_submit_route("/technical-review", "Submit a technical review")
-    async def submit_technical_review(
-        self,
-        request: Req,
-        data: JSONBody[TechnicalReviewParams],
-        tasks: Tasks,
-        idempotency_key: IdempotencyKey = None,
-    ) -> Response[TaskView]:
-        """A review of a system, design or piece of code, with optional context."""
-        return await _submit("technical_review", data, request.user, tasks, idempotency_key)
 
     @get("/{task_id:str}", summary="Get a task", responses=error_responses(400, 401, 404, 503))
     async def get_task(self, request: Req, task_id: FromPath[str], store: Store) -> TaskView:
@@ -105,7 +91,7 @@ class TaskController(Controller):
         request: Req,
         store: Store,
         status: Annotated[Status | None, QueryParameter(description="Only tasks in this status.")] = None,
-        kind: Annotated[Kind | None, QueryParameter(description="Only tasks of this kind.")] = None,
+        kind: Annotated[KindName | None, QueryParameter(description="Only tasks of this kind.")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100, description="Page size.")] = 20,
         cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")] = None,
     ) -> TaskPage:
@@ -196,7 +182,7 @@ def _is_uuid(value: str) -> bool:
 
 
 async def _submit(
-    kind: Kind, params: AnyParams, caller: Caller, tasks: Submitter, idempotency_key: str | None
+    kind: str, params: Params, caller: Caller, tasks: Submitter, idempotency_key: str | None
 ) -> Response[TaskView]:
     submitted = await tasks.submit(kind, params, caller, idempotency_key)
     headers = {"Location": f"/v1/tasks/{submitted.task.id}"}

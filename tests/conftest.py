@@ -13,6 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis import Redis
 
+from jobs.kinds import KINDS
 from jobs.settings import Settings, load_settings
 from service.app import create_app
 from tests.support.llm_server import ScriptedLLM
@@ -62,7 +63,7 @@ def service_env(redis_url: str, llm: ScriptedLLM | None, **extra: str) -> dict[s
             AGENTFARM_LLM_TIMEOUT_S="20",
             AGENTFARM_LLM_MAX_RETRIES="0",  # failures reach the job's own retry policy
         )
-    for kind in ("RESEARCH", "SWOT", "INVESTMENT", "TECHNICAL_REVIEW"):
+    for kind in (name.upper() for name in KINDS):
         # Tests submit many tasks quickly and must not wait minutes for a retry.
         env[f"AGENTFARM_{kind}_RATE_LIMIT"] = "1000/second"
         env[f"AGENTFARM_{kind}_RETRY_BACKOFF_S"] = "0.1"

@@ -51,7 +51,7 @@ async def completed_task(api: Client, settings: Settings) -> dict[str, Any]:
     def finish(t: Task) -> Task:
         return t.started(run_token=1, worker_id="w-1", job_id=t.id).to("completed", result=report)
 
-    redis = AsyncRedis.from_url(settings.redis_url)  # the app's client lives on the test client's own loop
+    redis = AsyncRedis.from_url(settings.redis.url)  # the app's client lives on the test client's own loop
     try:
         await TaskStore(redis, settings.task_ttl_s).update(task["id"], finish)
     finally:
@@ -90,7 +90,7 @@ class TestClientInputIsNeverA500:
     def test_oversized_headers_are_refused_by_the_server_not_500(self, settings: Settings) -> None:
         """Through the real server (hypercorn), headers too large to read get a 4xx, never a 5xx."""
         port = free_port()
-        env = service_env(settings.redis_url, None)
+        env = service_env(settings.redis.url, None)
         server = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
             env=env,
@@ -177,11 +177,11 @@ class TestProblemsNameEveryField:
 
     async def test_too_large_body_states_the_limit(self, api: Client, settings: Settings) -> None:
         """A 413 says how many bytes the server accepts."""
-        body = b'{"topic": "' + b"x" * (settings.max_body_bytes + 1) + b'"}'
+        body = b'{"topic": "' + b"x" * (settings.api.max_body_bytes + 1) + b'"}'
 
         problem = problem_of(await api.post("/v1/tasks/research", content=body, headers=JSON), 413)
 
-        assert f"{settings.max_body_bytes} bytes" in problem["detail"]
+        assert f"{settings.api.max_body_bytes} bytes" in problem["detail"]
 
 
 class TestReport:

@@ -247,10 +247,10 @@ class TestCrashRecovery:
             )
             recovery_s = time.monotonic() - killed_at
             final, _ = await wait_finished(api, task_id, ACME)
-        print(f"\nrecovery after SIGKILL: {recovery_s:.2f} s (lease {cluster.settings.worker_lease_s} s)")
+        print(f"\nrecovery after SIGKILL: {recovery_s:.2f} s (lease {cluster.settings.worker.lease_s} s)")
         assert final["status"] == "completed" and final["attempt"] == 2
         assert resumed["attempt"] == 2
-        assert recovery_s < cluster.settings.worker_lease_s * 2 + 2
+        assert recovery_s < cluster.settings.worker.lease_s * 2 + 2
         assert final["usage"]["llm_calls"] == 4, "the result is the second run's alone"
 
     async def test_redis_restart_with_queued_tasks_loses_none(self, cluster: Cluster) -> None:

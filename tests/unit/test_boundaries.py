@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class TestImports:
+    @pytest.mark.slow  # starts a Python process: a fresh interpreter is the only honest check
     def test_api_process_never_imports_crewai(self) -> None:
         """Building the API app does not import crewai (seconds of start-up and ~170 MB the API does not need)."""
         code = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ class TestDefaults:
         """With nothing set, the service runs on local Redis with the offline demo model."""
         settings = load_settings({}, env_file=None)
 
-        assert settings.redis_url == "redis://127.0.0.1:6379/0"
+        assert settings.redis.url == "redis://127.0.0.1:6379/0"
         assert settings.llm.is_demo and settings.llm.model_name == "agentfarm-demo-offline"
         assert settings.task_ttl_s == 86_400
         assert settings.kinds["research"].rate_limit == RateLimit(10, 60)
@@ -22,7 +23,7 @@ class TestDefaults:
         assert settings.kinds["research"].retry_backoff_s == 60
         assert settings.kinds["swot"].rate_limit == RateLimit(5, 60)
         assert settings.kinds["swot"].max_attempts == 3
-        assert settings.api_keys == ()
+        assert settings.api.api_keys == ()
 
 
 class TestParsing:
@@ -46,22 +47,22 @@ class TestParsing:
             env_file=None,
         )
 
-        assert settings.redis_url == "redis://:pw@redis:6379/2"
-        assert [k.tenant for k in settings.api_keys] == ["acme", "beta"]
+        assert settings.redis.url == "redis://:pw@redis:6379/2"
+        assert [k.tenant for k in settings.api.api_keys] == ["acme", "beta"]
         assert settings.llm.model == "openai/gpt-4o-mini" and not settings.llm.is_demo
         assert settings.llm.base_url == "http://llm.local:8080/v1" and settings.llm.api_key == "sk-test"
-        assert settings.cors_origins == ("https://a.example", "https://b.example")
-        assert settings.task_ttl_s == 3600 and settings.max_body_bytes == 2048
+        assert settings.api.cors_origins == ("https://a.example", "https://b.example")
+        assert settings.task_ttl_s == 3600 and settings.api.max_body_bytes == 2048
         assert settings.kinds["swot"].rate_limit == RateLimit(7, 3600)
         assert settings.kinds["swot"].max_attempts == 5
         assert settings.kinds["technical_review"].timeout_s == 900
-        assert settings.worker_concurrency == 16
+        assert settings.worker.concurrency == 16
 
     def test_api_keys_are_kept_hashed(self) -> None:
         """Settings hold only a digest of each API key, never the key itself."""
         settings = load_settings({"AGENTFARM_API_KEYS": "acme:s3cret-key"}, env_file=None)
 
-        assert settings.api_keys == (ApiKey("acme", ApiKey.digest("s3cret-key")),)
+        assert settings.api.api_keys == (ApiKey("acme", ApiKey.digest("s3cret-key")),)
         assert "s3cret-key" not in repr(settings)
 
     def test_env_file_is_read_and_environment_wins(self, tmp_path: Path) -> None:
@@ -72,7 +73,7 @@ class TestParsing:
         settings = load_settings({"AGENTFARM_WORKER_CONCURRENCY": "9"}, env_file=env_file)
 
         assert settings.task_ttl_s == 100
-        assert settings.worker_concurrency == 9
+        assert settings.worker.concurrency == 9
 
 
 class TestErrors:
@@ -147,4 +148,31 @@ class TestUnknownVariables:
             {"AGENTFARM_URL": "http://127.0.0.1:8000", "AGENTFARM_API_KEY": "k" * 10, "OTHER_THING": "1"},
             env_file=None,
         )
-        assert settings.worker_concurrency == 4
+        assert settings.worker.concurrency == 4
+
+
+class TestSections:
+    def test_settings_are_nested_by_area(self) -> None:
+        """Each area's variables land in its own section: AGENTFARM_WORKER_* in worker, AGENTFARM_LLM_* in llm."""
+        settings = load_settings(
+            {"AGENTFARM_WORKER_LEASE_S": "2.5", "AGENTFARM_LLM_RPM": "30", "AGENTFARM_LOG_LEVEL": "DEBUG"},
+            env_file=None,
+        )
+        assert settings.worker.lease_s == 2.5
+        assert settings.llm.rpm == 30
+        assert settings.log.level == "debug"
+
+    @pytest.mark.parametrize(
+        ("section", "values"),
+        [
+            ("crews.llm:LLMConfig", {"max_iter": 100}),
+            ("jobs.settings:WorkerConfig", {"concurrency": 0}),
+            ("jobs.settings:ApiConfig", {"max_body_bytes": -1}),
+        ],
+    )
+    def test_bounds_hold_when_a_section_is_built_in_code(self, section: str, values: dict[str, int]) -> None:
+        """The bounds declared on a field are enforced however the section is built, not only from the environment."""
+        module, _, name = section.partition(":")
+        struct = getattr(importlib.import_module(module), name)
+        with pytest.raises(ValueError, match=next(iter(values))):
+            struct(**values)

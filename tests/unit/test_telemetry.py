@@ -493,6 +493,7 @@ class TestStructlogProcessor:
 
 
 class TestGlobalSetup:
+    @pytest.mark.slow  # a process of its own: set-up must happen once per process
     def test_process_wide_setup_exports_through_global_providers(self, receiver: OTLPReceiver) -> None:
         """setup_telemetry sets the global providers once; service logging plus the handler exports structlog lines."""
         script = textwrap.dedent(
