@@ -28,8 +28,8 @@ REDIS_PORT ?= 6390
 run: install ## Start Redis, the API and a worker (PORT=8000 REDIS_PORT=6390; offline demo model unless AGENTFARM_LLM_MODEL is set)
 	@$(VENV)/bin/agentfarm dev --port $(PORT) --redis-port $(REDIS_PORT)
 
-test: install ## Run the whole test suite (starts its own redis-server and scripted LLM)
-	$(PY) -m pytest
+test: install ## Run the whole test suite on 2 xdist workers (each starts its own redis-server and scripted LLM)
+	$(PY) -m pytest -n 2
 
 test-fast: install ## Unit tests only: no Redis, no LLM server, no process started (under a minute)
 	$(PY) -m pytest tests/unit -m "not slow"
