@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from jobs.kinds import KindName as Kind
@@ -102,11 +103,17 @@ class TaskStore:
         task = await self.get(task_id)
         return task if task is not None and task.tenant == tenant else None
 
-    async def update(self, task_id: str, change: Callable[[Task], Task]) -> Task | None:
+    async def update(
+        self,
+        task_id: str,
+        change: Callable[[Task], Task],
+        also: Callable[[Pipeline, Task], None] | None = None,
+    ) -> Task | None:
         """Apply ``change`` atomically; ``None`` when the task no longer exists.
 
         ``change`` may be called more than once (after a lost race), so it must
-        be a pure function of the task it is given.
+        be a pure function of the task it is given. ``also`` queues further
+        commands into the same MULTI as the write (given the new state).
         """
         key = task_key(task_id)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -123,6 +130,8 @@ class TaskStore:
                         return before
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, _encoder.encode(after), keepttl=True)
+                    if also is not None:
+                        also(pipe, after)
                     await pipe.execute()
                 except WatchError:
                     continue  # someone else wrote the task meanwhile: re-read and re-apply
@@ -136,23 +145,12 @@ class TaskStore:
         returns, no crew of the task passes its next stop point.
         Raises ``AlreadyFinished`` for a finished task.
         """
-        key = task_key(task_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        return None
-                    after = _decoder.decode(raw).cancelled()
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, _encoder.encode(after), keepttl=True)
-                    pipe.set(cancel_key(task_id), after.run_token, ex=self.ttl_s)
-                    pipe.publish(CANCEL_CHANNEL, task_id)
-                    await pipe.execute()
-                except WatchError:
-                    continue
-                return after
+
+        def mark(pipe: Pipeline, cancelled: Task) -> None:
+            pipe.set(cancel_key(task_id), cancelled.run_token, ex=self.ttl_s)
+            pipe.publish(CANCEL_CHANNEL, task_id)
+
+        return await self.update(task_id, Task.cancelled, also=mark)
 
     async def list(
         self,
