@@ -48,8 +48,9 @@ typecheck: install ## mypy --strict on the service's packages
 check: lint typecheck test ## lint, typecheck and test, as before a commit
 
 lock: install ## Re-resolve requirements*.lock from pyproject.toml (hashed, no download addresses)
-	$(UV) pip compile -q --universal --generate-hashes pyproject.toml -o requirements.lock
-	$(UV) pip compile -q --universal --generate-hashes --extra dev pyproject.toml -o requirements-dev.lock
+	$(UV) pip compile -q --universal --generate-hashes pyproject.toml -o requirements-api.lock
+	$(UV) pip compile -q --universal --generate-hashes --extra worker pyproject.toml -o requirements.lock
+	$(UV) pip compile -q --universal --generate-hashes --extra worker --extra dev pyproject.toml -o requirements-dev.lock
 
 up: ## Start the full stack with compose.yaml (needs a container engine and a .env; see deploy/README.md)
 	docker compose up -d --build
