@@ -10,10 +10,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from arq.connections import ArqRedis
-
 from jobs.models import InvalidTransition, Task
-from jobs.queue import enqueue
+from jobs.queue import QueueRedis, enqueue
 from jobs.store import TaskStore
 
 DLQ_KEY = "agentfarm:dead-letters"
@@ -23,11 +21,11 @@ class NotDeadLettered(Exception):
     """The task is not in the dead-letter list (unknown, expired, or not failed)."""
 
 
-async def add(pool: ArqRedis, task_id: str) -> None:
+async def add(pool: QueueRedis, task_id: str) -> None:
     await pool.zadd(DLQ_KEY, {task_id: time.time()})
 
 
-async def entries(pool: ArqRedis, store: TaskStore, limit: int = 100) -> list[Task]:
+async def entries(pool: QueueRedis, store: TaskStore, limit: int = 100) -> list[Task]:
     """Dead-lettered tasks, most recent failure first; expired tasks are dropped from the list."""
     ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await pool.zrevrange(DLQ_KEY, 0, limit - 1)]
     tasks: list[Task] = []
@@ -40,7 +38,7 @@ async def entries(pool: ArqRedis, store: TaskStore, limit: int = 100) -> list[Ta
     return tasks
 
 
-async def requeue(pool: ArqRedis, store: TaskStore, task_id: str) -> Task:
+async def requeue(pool: QueueRedis, store: TaskStore, task_id: str) -> Task:
     """Give a dead-lettered task a fresh start on its queue."""
     if await pool.zscore(DLQ_KEY, task_id) is None:
         raise NotDeadLettered(task_id)

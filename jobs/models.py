@@ -16,15 +16,39 @@ TERMINAL: frozenset[Status] = frozenset({"completed", "failed", "cancelled"})
 # while it runs, and after it ended cancelled (by the API) or failed (timed out).
 USAGE_WRITABLE: frozenset[Status] = frozenset({"running", "cancelled", "failed"})
 
-# The only moves a task's status may make. ``running -> queued`` hands a task
-# back to the queue (worker shutdown, lost lease).
-TRANSITIONS: dict[Status, frozenset[Status]] = {
-    "queued": frozenset({"running", "cancelled", "failed"}),
-    "running": frozenset({"completed", "failed", "cancelled", "retrying", "queued"}),
-    "retrying": frozenset({"running", "cancelled", "failed"}),
-    "completed": frozenset(),
-    "failed": frozenset(),
-    "cancelled": frozenset(),
+# Why a task's status changed: a stable code, stored with the task and carried by its events.
+Reason = Literal[
+    "submitted",  # accepted by the API
+    "started",  # taken by an execution
+    "taken_over",  # still marked running after its lease lapsed: a new execution takes it in place
+    "completed",
+    "error",  # the crew failed: permanent, or transient with no attempts left
+    "timeout",  # the kind's time limit
+    "attempts_exhausted",  # started max_attempts times without finishing (its workers kept dying)
+    "enqueue_failed",  # the queue refused the job at submit
+    "retry_scheduled",  # transient failure, attempts left: runs again after a backoff
+    "lease_lapsed",  # its worker stopped responding: back on the queue for any worker
+    "worker_shutdown",  # handed back by a worker shutting down
+    "cancelled",  # by its owner
+    "operator_requeue",  # a dead-lettered task given a fresh start
+]
+
+# The only moves a task's status may make, and for which reasons. Every change of
+# status goes through ``Task.to``, which checks this table.
+TRANSITIONS: dict[tuple[Status, Status], frozenset[Reason]] = {
+    ("queued", "running"): frozenset({"started"}),
+    ("retrying", "running"): frozenset({"started"}),
+    ("running", "running"): frozenset({"taken_over"}),
+    ("running", "completed"): frozenset({"completed"}),
+    ("running", "failed"): frozenset({"error", "timeout", "attempts_exhausted"}),
+    ("queued", "failed"): frozenset({"attempts_exhausted", "enqueue_failed"}),
+    ("retrying", "failed"): frozenset({"attempts_exhausted"}),
+    ("running", "retrying"): frozenset({"retry_scheduled"}),
+    ("running", "queued"): frozenset({"lease_lapsed", "worker_shutdown"}),
+    ("queued", "cancelled"): frozenset({"cancelled"}),
+    ("running", "cancelled"): frozenset({"cancelled"}),
+    ("retrying", "cancelled"): frozenset({"cancelled"}),
+    ("failed", "queued"): frozenset({"operator_requeue"}),
 }
 
 
@@ -60,6 +84,7 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     status: Status = "queued"
     progress: int = 0
     stage: str = "queued"
+    reason: Reason = "submitted"  # why the status last changed
     params: dict[str, Any]
     attempt: int = 0
     max_attempts: int = 1
@@ -84,51 +109,47 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     def finished(self) -> bool:
         return self.status in TERMINAL
 
-    def to(self, status: Status, **changes: Any) -> Task:
-        """This task moved to ``status`` with ``changes`` applied, if the move is allowed."""
-        if status not in TRANSITIONS[self.status]:
-            raise InvalidTransition(f"task {self.id}: {self.status} -> {status} is not allowed")
+    def to(self, status: Status, reason: Reason, **changes: Any) -> Task:
+        """This task moved to ``status`` for ``reason`` with ``changes`` applied, if ``TRANSITIONS`` allows it."""
+        if reason not in TRANSITIONS.get((self.status, status), frozenset()):
+            raise InvalidTransition(f"task {self.id}: {self.status} -> {status} ({reason}) is not allowed")
         now = utcnow()
         if status in TERMINAL:
             changes.setdefault("finished_at", now)
         if status == "completed":
             changes.setdefault("progress", 100)
             changes.setdefault("stage", "completed")
-        return msgspec.structs.replace(self, status=status, updated_at=now, **changes)
+        return msgspec.structs.replace(self, status=status, reason=reason, updated_at=now, **changes)
 
     def cancelled(self) -> Task:
         """This task cancelled by its owner; its crew stops at its next stop point (``TaskStore.cancel``)."""
         if self.finished:
             raise AlreadyFinished(self)
-        return self.to("cancelled", stage="cancelled")
+        return self.to("cancelled", "cancelled", stage="cancelled")
 
     def started(self, *, run_token: int, worker_id: str, job_id: str) -> Task:
         """This task taken by a new execution (which holds its lease), as attempt ``attempt + 1``.
 
         A task still marked running whose lease lapsed is taken over in place.
         """
-        now = utcnow()
-        changes: dict[str, Any] = {
-            "attempt": self.attempt + 1,
-            "run_token": run_token,
-            "worker_id": worker_id,
-            "job_id": job_id,
-            "progress": 0,
-            "stage": "starting",
-            "started_at": self.started_at or now,
-            "usage": Usage(),  # usage is the current run's: a result and the tokens that produced it
-        }
-        if self.status == "running":
-            return msgspec.structs.replace(self, updated_at=now, **changes)
-        return self.to("running", **changes)
+        return self.to(
+            "running",
+            "taken_over" if self.status == "running" else "started",
+            attempt=self.attempt + 1,
+            run_token=run_token,
+            worker_id=worker_id,
+            job_id=job_id,
+            progress=0,
+            stage="starting",
+            started_at=self.started_at or utcnow(),
+            usage=Usage(),  # usage is the current run's: a result and the tokens that produced it
+        )
 
     def requeued(self, job_id: str) -> Task:
         """An operator's second chance for a failed task: a fresh start with a new job."""
-        if self.status != "failed":
-            raise InvalidTransition(f"task {self.id}: only failed tasks can be re-queued, not {self.status}")
-        return msgspec.structs.replace(
-            self,
-            status="queued",
+        return self.to(
+            "queued",
+            "operator_requeue",
             stage="re-queued by an operator",
             progress=0,
             attempt=0,
@@ -138,7 +159,6 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
             started_at=None,
             worker_id=None,
             job_id=job_id,
-            updated_at=utcnow(),
         )
 
     def with_usage(self, usage: Usage, *, run_token: int) -> Task:

@@ -1,16 +1,58 @@
-"""Putting tasks on arq queues, and the Redis keys queues and workers share."""
+"""The queue: the one module that knows arq.
+
+Everything the service relies on about arq lives here — its client class, its
+``Worker`` and the attributes we drive, its job and in-progress keys, that a
+started job keeps its place in the queue's sorted set, and how a job is made
+runnable again. ``tests/unit/test_arq_contract.py`` fails loudly if an arq
+upgrade changes any of it; ``tests/unit/test_boundaries.py`` checks that no
+other module imports arq.
+
+arq is in maintenance mode and has no Redis Cluster support, so this module is
+kept small: the rest of the service talks of tasks, queues and workers.
+
+What we take from arq as it is: enqueueing with a job id (a duplicate id is
+refused), polling with ``max_jobs``, deferred retries (``Retry``), the job
+timeout as a backstop, one shared ``redis_pool`` for every queue of a process.
+What we do not use, and why:
+
+- **arq's try counter.** Attempts are counted on the task (a lease lapse,
+  a hand-back and a retry are different things); ``max_tries`` is set high
+  enough that arq never ends a job on its own.
+- **arq's signal handling** (``handle_signals``/``job_completion_wait``): it
+  registers one handler per ``Worker`` (a process serving several queues would
+  keep only the last) and has no "second signal skips the grace". The
+  worker drains itself and then asks each ``Worker`` to stop (``stop_picking``,
+  ``cancel_running``).
+- **arq's result keys** (``keep_result=0``): the task record is the result.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
+from arq import Retry, Worker, func
+
+__all__ = ["QueueRedis", "RetryLater", "Worker"]
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.typing import WorkerCoroutine
 
 from jobs.kinds import KINDS, QUEUES, Queue
 from jobs.models import Task
 
 JOB_FUNCTION = "run_task"
+
+# arq's client: a redis.asyncio.Redis that can also enqueue jobs.
+QueueRedis = ArqRedis
+# Raised by a job to run it again after ``defer`` seconds.
+RetryLater = Retry
+
+# arq's own try counter must never end a task: attempts are counted on the task itself.
+_ARQ_MAX_TRIES = 10_000
 
 # Jobs carry only the task id; msgpack keeps pickle out of the queue.
 serialize = msgspec.msgpack.encode
@@ -30,7 +72,7 @@ class EnqueueFailed(Exception):
     """arq refused the job (its id is taken); the task was not queued."""
 
 
-async def enqueue(pool: ArqRedis, task: Task) -> None:
+async def enqueue(pool: QueueRedis, task: Task) -> None:
     """Queue the job that runs ``task``; its arq job id is ``task.job_id`` (the task id at first)."""
     queue = KINDS[task.kind].queue
     job_id = task.job_id or task.id
@@ -39,16 +81,98 @@ async def enqueue(pool: ArqRedis, task: Task) -> None:
         raise EnqueueFailed(f"a job with id {job_id} already exists")
 
 
-async def live_workers(pool: ArqRedis, queue: Queue, heartbeat_s: float) -> int:
+async def make_runnable(pool: QueueRedis, task: Task) -> str | None:
+    """Make the task's job runnable now, by any worker of its queue; the new job id if one was enqueued.
+
+    arq keeps a started job in its queue with an in-progress marker that only
+    expires after the job timeout; clearing the marker and resetting the score
+    lets the next poll take it. If arq already dropped the job, a new one is
+    enqueued under a new id (returned, for the task to record).
+    """
+    job_id = task.job_id or task.id
+    queue = queue_key(KINDS[task.kind].queue)
+    if await pool.exists(job_key_prefix + job_id):
+        async with pool.pipeline(transaction=True) as pipe:
+            pipe.delete(in_progress_key_prefix + job_id)
+            pipe.zadd(queue, {job_id: int(time.time() * 1000)})
+            await pipe.execute()
+        return None
+    new_job_id = f"{task.id}:{int(time.time() * 1000)}"
+    await pool.enqueue_job(JOB_FUNCTION, task.id, _job_id=new_job_id, _queue_name=queue)
+    return new_job_id
+
+
+async def live_workers(pool: QueueRedis, queue: Queue, heartbeat_s: float) -> int:
     """Workers of ``queue`` whose heartbeat is fresh (missed fewer than three beats)."""
     return int(await pool.zcount(workers_key(queue), time.time() - 3 * heartbeat_s, "+inf"))
 
 
-async def queue_depth(pool: ArqRedis, queue: Queue) -> int:
-    """Jobs waiting or running on ``queue`` (arq keeps running jobs in the set)."""
+async def queue_depth(pool: QueueRedis, queue: Queue) -> int:
+    """Jobs waiting or running on ``queue`` (arq keeps a started job in the set until it ends)."""
     return int(await pool.zcard(queue_key(queue)))
 
 
-async def queue_snapshot(pool: ArqRedis, heartbeat_s: float) -> dict[str, tuple[int, int]]:
+async def queue_snapshot(pool: QueueRedis, heartbeat_s: float) -> dict[str, tuple[int, int]]:
     """Per queue: (depth, live workers) — what readiness and the metrics page both report."""
     return {q: (await queue_depth(pool, q), await live_workers(pool, q, heartbeat_s)) for q in QUEUES}
+
+
+def make_worker(
+    pool: QueueRedis,
+    queue: Queue,
+    job: WorkerCoroutine,
+    *,
+    ctx: dict[str, Any],
+    max_jobs: int,
+    poll_delay_s: float,
+    job_timeout_s: float,
+    burst: bool,
+) -> Worker:
+    """An arq worker taking ``queue``'s jobs on the process's shared pool; signals are the caller's."""
+    return Worker(
+        functions=[func(job, name=JOB_FUNCTION, timeout=job_timeout_s, max_tries=_ARQ_MAX_TRIES)],
+        queue_name=queue_key(queue),
+        redis_pool=pool,
+        burst=burst,
+        handle_signals=False,
+        max_jobs=max_jobs,
+        poll_delay=poll_delay_s,
+        # Running jobs stay in arq's queue set; read past them so idle workers never starve.
+        queue_read_limit=max(1000, max_jobs * 50),
+        keep_result=0,
+        ctx=ctx,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        log_results=False,
+    )
+
+
+def job_id_of(ctx: dict[str, Any], default: str) -> str:
+    """The id of the arq job a job function is running as."""
+    return str(ctx.get("job_id", default))
+
+
+def stop_picking(workers: Sequence[Worker]) -> None:
+    """Take no new jobs; running ones go on."""
+    for worker in workers:
+        worker.allow_pick_jobs = False
+
+
+def cancel_running(workers: Sequence[Worker]) -> None:
+    """Cancel the running jobs and end the workers' polling (``async_run`` returns)."""
+    for worker in workers:
+        for job in list(worker.tasks.values()):
+            if not job.done():
+                job.cancel()
+        if worker.main_task is not None:
+            worker.main_task.cancel()
+
+
+async def finish(worker: Worker) -> None:
+    """Wait for a stopped worker's jobs to end, and drop its health key; the shared pool stays open.
+
+    (``Worker.close`` would also close the pool every queue of the process shares.)
+    """
+    # A cancelled or failed job has settled its task itself: its outcome is not needed here.
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    await worker.pool.delete(worker.health_check_key)

@@ -115,15 +115,31 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _host_ports(raw: str) -> tuple[str, ...]:
+    items = _csv(raw)
+    for item in items:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(item)
+    return items
+
+
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=10**9)]
 
 
 class RedisConfig(Checked, frozen=True, kw_only=True):
-    """Where queues and task state live."""
+    """Where queues and task state live: one URL, or a Sentinel group that names the master."""
 
     url: Annotated[str, env(_redis_url, "a redis://, rediss:// or unix:// URL", secret=True)] = (
         "redis://127.0.0.1:6379/0"
     )
+    # With sentinels set, the URL is not used: the sentinels say where the master is.
+    sentinels: Annotated[tuple[str, ...], env(_host_ports, "comma-separated host:port pairs")] = ()
+    sentinel_master: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "agentfarm"
+    sentinel_db: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    sentinel_master_username: str = ""
+    sentinel_master_password: Annotated[str, SECRET] = ""
+    sentinel_password: Annotated[str, SECRET] = ""  # the sentinels' own, if they require one
 
 
 class ApiConfig(Checked, frozen=True, kw_only=True):

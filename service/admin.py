@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from arq.connections import ArqRedis
 from litestar import Controller, Request, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
@@ -15,6 +14,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from jobs import dlq
 from jobs.models import Task
+from jobs.queue import QueueRedis
 from jobs.settings import Settings
 from jobs.store import TaskStore
 from service.auth import bearer_token, is_operator
@@ -40,7 +40,7 @@ class AdminController(Controller):
     async def dead_letters(
         self,
         request: Request[Any, Any, Any],
-        queue: NamedDependency[ArqRedis],
+        queue: NamedDependency[QueueRedis],
         store: NamedDependency[TaskStore],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[Task]:
@@ -54,7 +54,7 @@ class AdminController(Controller):
         responses=error_responses(400, 401, 404, 503),
     )
     async def requeue(
-        self, task_id: FromPath[str], queue: NamedDependency[ArqRedis], store: NamedDependency[TaskStore]
+        self, task_id: FromPath[str], queue: NamedDependency[QueueRedis], store: NamedDependency[TaskStore]
     ) -> Task:
         """Give a failed task a fresh start (attempts reset) on its queue."""
         try:

@@ -6,14 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from arq.connections import ArqRedis
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from redis.asyncio import ConnectionPool
 
-from jobs.queue import deserialize, serialize
+from jobs.connections import redis_client
+from jobs.queue import QueueRedis
 from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings
 from jobs.store import TaskStore
@@ -26,19 +25,6 @@ from service.openapi import StrictStructSchemaPlugin, docs_assets, openapi_confi
 from service.submit import Submitter
 from service.tasks import TaskController, submit_routes
 from service.validation import ApiRequest
-
-# Connecting gives up after this long, so a request while Redis is down gets a quick 503.
-REDIS_CONNECT_TIMEOUT_S = 2.0
-
-
-def redis_client(url: str) -> ArqRedis:
-    """A client for the queue and the task store that connects on first use, not now.
-
-    arq's ``create_pool`` pings Redis and fails start-up while Redis is down; this
-    client lets the API start anyway (readiness says 503) and serve once Redis is back.
-    """
-    pool = ConnectionPool.from_url(url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, encoding="utf8")
-    return ArqRedis(pool, job_serializer=serialize, job_deserializer=deserialize)
 
 
 def app_version() -> str:
@@ -54,7 +40,7 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def redis_lifespan(app: Litestar) -> AsyncIterator[None]:
         # arq's client is a redis.asyncio client: it serves the queue and the task store.
-        pool = redis_client(settings.redis.url)
+        pool = redis_client(settings.redis)
         app.state.queue = pool
         app.state.store = TaskStore(pool, settings.task_ttl_s)
         app.state.submitter = Submitter(settings, app.state.store, pool, RateLimiter(pool))
@@ -72,8 +58,8 @@ def create_app(settings: Settings) -> Litestar:
         submitter: Submitter = state.submitter
         return submitter
 
-    def provide_queue(state: State) -> ArqRedis:
-        queue: ArqRedis = state.queue
+    def provide_queue(state: State) -> QueueRedis:
+        queue: QueueRedis = state.queue
         return queue
 
     return Litestar(

@@ -160,25 +160,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     """Operator commands on the dead-letter list; they talk to Redis with the service's settings."""
-    from arq.connections import RedisSettings, create_pool
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from jobs import dlq
-    from jobs.queue import deserialize, serialize
+    from jobs.connections import describe, redis_client
     from jobs.store import TaskStore
 
     settings = _settings()
-    redis_settings = RedisSettings.from_dsn(settings.redis.url)
-    redis_settings.conn_retries = 0
 
     async def run() -> int:
+        pool = redis_client(settings.redis)
         try:
-            pool = await create_pool(redis_settings, job_serializer=serialize, job_deserializer=deserialize)
+            await pool.ping()
         except (OSError, RedisConnectionError, RedisTimeoutError):
-            where = f"{redis_settings.host}:{redis_settings.port}"
+            await pool.aclose()
             raise ClientError(
-                f"cannot connect to Redis at {where}; set AGENTFARM_REDIS_URL (`make run` prints it)"
+                f"cannot connect to Redis at {describe(settings.redis)}; set AGENTFARM_REDIS_URL (`make run` prints it)"
             ) from None
         store = TaskStore(pool, settings.task_ttl_s)
         try:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from arq.connections import ArqRedis
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from redis.exceptions import RedisError
 
-from jobs.queue import queue_snapshot
+from jobs.queue import QueueRedis, queue_snapshot
 from jobs.settings import Settings
 from service.schemas import Liveness, QueueHealth, Readiness
 
@@ -31,7 +30,9 @@ class HealthController(Controller):
         cache=False,
         responses={503: ResponseSpec(data_container=Readiness, description="Redis is unreachable.")},
     )
-    async def ready(self, queue: NamedDependency[ArqRedis], settings: NamedDependency[Settings]) -> Response[Readiness]:
+    async def ready(
+        self, queue: NamedDependency[QueueRedis], settings: NamedDependency[Settings]
+    ) -> Response[Readiness]:
         """Redis is reachable (else 503); live workers and depth per queue ("degraded" when a queue has none)."""
         try:
             await queue.ping()

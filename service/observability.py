@@ -11,7 +11,6 @@ import re
 import time
 from typing import Any
 
-from arq.connections import ArqRedis
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.enums import ScopeType
@@ -25,7 +24,7 @@ from prometheus_client import REGISTRY as HTTP_REGISTRY
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
 from jobs import metrics
-from jobs.queue import queue_snapshot
+from jobs.queue import QueueRedis, queue_snapshot
 from jobs.settings import Settings
 from service.access_log import log_request
 
@@ -131,7 +130,7 @@ class MetricsController(Controller):
     include_in_schema = False
 
     @get("/", media_type=_EXPOSITION, cache=False)
-    async def scrape(self, queue: NamedDependency[ArqRedis], settings: NamedDependency[Settings]) -> Response[bytes]:
+    async def scrape(self, queue: NamedDependency[QueueRedis], settings: NamedDependency[Settings]) -> Response[bytes]:
         """Prometheus exposition: HTTP requests, tasks submitted here, and queue depth and live workers from Redis."""
 
         async def snapshot() -> dict[str, tuple[int, int]]:

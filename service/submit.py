@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 import msgspec
 import structlog
-from arq.connections import ArqRedis
 
 from crews.params import Params
 from jobs import idempotency, metrics
 from jobs.models import Task, TaskError, utcnow
-from jobs.queue import enqueue
+from jobs.queue import QueueRedis, enqueue
 from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings
 from jobs.store import TaskStore
@@ -34,7 +33,7 @@ class Submitted:
 class Submitter:
     """Everything ``POST /v1/tasks/{kind}`` does once the body is valid."""
 
-    def __init__(self, settings: Settings, store: TaskStore, queue: ArqRedis, limiter: RateLimiter) -> None:
+    def __init__(self, settings: Settings, store: TaskStore, queue: QueueRedis, limiter: RateLimiter) -> None:
         self.settings = settings
         self.store = store
         self.queue = queue
@@ -101,7 +100,7 @@ class Submitter:
             await enqueue(self.queue, task)
         except Exception as exc:
             # Never leave a task that claims to be queued but is not.
-            await self.store.update(task.id, lambda t: t.to("failed", error=_ENQUEUE_FAILED))
+            await self.store.update(task.id, lambda t: t.to("failed", "enqueue_failed", error=_ENQUEUE_FAILED))
             raise DependencyDown("the task could not be queued; it was marked failed, submit it again") from exc
         metrics.TASKS_SUBMITTED.labels(kind=kind).inc()
         return task

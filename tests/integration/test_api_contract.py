@@ -49,7 +49,7 @@ async def completed_task(api: Client, settings: Settings) -> dict[str, Any]:
     report = Report.build(title="Wind at sea", summary="It blows.", sections=[Section(heading="Why", body="Air.")])
 
     def finish(t: Task) -> Task:
-        return t.started(run_token=1, worker_id="w-1", job_id=t.id).to("completed", result=report)
+        return t.started(run_token=1, worker_id="w-1", job_id=t.id).to("completed", "completed", result=report)
 
     redis = AsyncRedis.from_url(settings.redis.url)  # the app's client lives on the test client's own loop
     try:

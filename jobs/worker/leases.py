@@ -10,17 +10,12 @@ length plus one reaper pass, instead of arq's job timeout.
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 import structlog
-from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
-from jobs.kinds import KINDS
 from jobs.models import Task
-from jobs.queue import JOB_FUNCTION, queue_key
+from jobs.queue import QueueRedis, make_runnable
 from jobs.store import TaskStore
 
 log = structlog.get_logger(__name__)
@@ -67,15 +62,17 @@ class Leases:
         await self.redis.srem(RUNNING_SET, task_id)  # type: ignore[misc]
 
 
-async def reap(pool: ArqRedis, store: TaskStore) -> list[str]:
+async def reap(pool: QueueRedis, store: TaskStore) -> list[str]:
     """Re-queue every running task whose lease has lapsed; returns their ids."""
     reclaimed: list[str] = []
     for raw in await pool.smembers(RUNNING_SET):  # type: ignore[misc]
         task_id = raw.decode() if isinstance(raw, bytes) else str(raw)
         if await pool.exists(lease_key(task_id)):
             continue
-        task = await store.update(task_id, _back_to_queue)
-        if task is None or task.status != "queued" or task.stage != _RECOVERED_STAGE:
+        moved = _BackToQueue()
+        task = await store.update(task_id, moved)
+        if task is None or not moved.applied:
+            # Settled or re-queued meanwhile (by its worker, the API or another reaper).
             await pool.srem(RUNNING_SET, task_id)  # type: ignore[misc]
             continue
         await requeue_job(pool, store, task)
@@ -90,32 +87,24 @@ async def reap(pool: ArqRedis, store: TaskStore) -> list[str]:
     return reclaimed
 
 
-_RECOVERED_STAGE = "re-queued: its worker stopped responding"
+class _BackToQueue:
+    """The reaper's change: only a task still running (its lease lapsed) goes back to the queue.
 
-
-def _back_to_queue(task: Task) -> Task:
-    # Only a task still running (lease lapsed) goes back; anything else was settled meanwhile.
-    if task.status != "running":
-        return task
-    return task.to("queued", stage=_RECOVERED_STAGE, run_token=task.run_token)
-
-
-async def requeue_job(pool: ArqRedis, store: TaskStore, task: Task) -> None:
-    """Make the task's arq job runnable now, by any worker of its queue.
-
-    arq keeps a started job in its queue with an in-progress marker that only
-    expires after the job timeout; clearing the marker and resetting the score
-    lets the next poll take it. If arq already dropped the job, a new one is
-    enqueued.
+    ``applied`` tells whether the change that was written moved it (``update`` may
+    call a change more than once; the last call is the one written).
     """
-    job_id = task.job_id or task.id
-    queue = queue_key(KINDS[task.kind].queue)
-    if await pool.exists(job_key_prefix + job_id):
-        async with pool.pipeline(transaction=True) as pipe:
-            pipe.delete(in_progress_key_prefix + job_id)
-            pipe.zadd(queue, {job_id: int(time.time() * 1000)})
-            await pipe.execute()
-        return
-    new_job_id = f"{task.id}:{int(time.time() * 1000)}"
-    await store.update(task.id, lambda t: msgspec.structs.replace(t, job_id=new_job_id))
-    await pool.enqueue_job(JOB_FUNCTION, task.id, _job_id=new_job_id, _queue_name=queue)
+
+    applied = False
+
+    def __call__(self, task: Task) -> Task:
+        self.applied = task.status == "running"
+        if not self.applied:
+            return task
+        return task.to("queued", "lease_lapsed", stage="re-queued: its worker stopped responding")
+
+
+async def requeue_job(pool: QueueRedis, store: TaskStore, task: Task) -> None:
+    """Make the task's job runnable now, by any worker of its queue (recording a new job id if one was made)."""
+    new_job_id = await make_runnable(pool, task)
+    if new_job_id is not None:
+        await store.update(task.id, lambda t: msgspec.structs.replace(t, job_id=new_job_id))
