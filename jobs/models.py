@@ -85,6 +85,7 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     progress: int = 0
     stage: str = "queued"
     reason: Reason = "submitted"  # why the status last changed
+    seq: int = 0  # number of the task's last event (jobs/events.py)
     params: dict[str, Any]
     attempt: int = 0
     max_attempts: int = 1

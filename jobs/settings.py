@@ -152,6 +152,8 @@ class ApiConfig(Checked, frozen=True, kw_only=True):
     admin_keys: Annotated[tuple[str, ...], env(_admin_keys, "comma-separated keys of 8+ characters", secret=True)] = ()
     cors_origins: Annotated[tuple[str, ...], env(_csv, "comma-separated origins")] = ()
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1_048_576
+    # An idle event stream sends a comment this often, so proxies keep it open.
+    events_keepalive_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
 
 
 class WorkerConfig(Checked, frozen=True, kw_only=True):

@@ -2,7 +2,8 @@
 
 Every write of a task goes through ``update``, an optimistic transaction
 (WATCH/MULTI), so progress from a worker and a status change from elsewhere
-never overwrite each other.
+never overwrite each other. The same MULTI appends the write's events to the
+task's event log (``jobs/events.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
+from jobs import events
+from jobs.events import SourceRead, TaskEvent
 from jobs.kinds import KindName as Kind
 from jobs.models import Status, Task
 
@@ -82,8 +85,12 @@ class TaskStore:
     async def create(self, task: Task) -> None:
         score = task.created_at.timestamp() * 1000
         index = tenant_index_key(task.tenant)
+        first = events.created(task)
+        task = msgspec.structs.replace(task, seq=first.seq)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(task_key(task.id), _encoder.encode(task), ex=self.ttl_s)
+            pipe.xadd(events.events_key(task.id), {"e": events.encode(first)}, id=events.entry_id(first.seq))
+            pipe.expire(events.events_key(task.id), self.ttl_s)
             pipe.zadd(index, {task.id: score})
             # Tasks expire with their key; drop index entries older than any live task.
             pipe.zremrangebyscore(index, "-inf", (time.time() - self.ttl_s) * 1000)
@@ -108,12 +115,14 @@ class TaskStore:
         task_id: str,
         change: Callable[[Task], Task],
         also: Callable[[Pipeline, Task], None] | None = None,
+        sources: tuple[SourceRead, ...] = (),
     ) -> Task | None:
-        """Apply ``change`` atomically; ``None`` when the task no longer exists.
+        """Apply ``change`` atomically, with its events; ``None`` when the task no longer exists.
 
         ``change`` may be called more than once (after a lost race), so it must
         be a pure function of the task it is given. ``also`` queues further
-        commands into the same MULTI as the write (given the new state).
+        commands into the same MULTI as the write (given the new state);
+        ``sources`` are pages read, appended as ``source`` events.
         """
         key = task_key(task_id)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -125,17 +134,41 @@ class TaskStore:
                         return None
                     before = _decoder.decode(raw)
                     after = change(before)
-                    if after is before:
+                    appended = events.events_of(before, after, sources) if after is not before or sources else []
+                    if after is before and not appended:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return before
+                    if appended:
+                        after = msgspec.structs.replace(after, seq=appended[-1].seq)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, _encoder.encode(after), keepttl=True)
+                    self._append(pipe, task_id, appended)
                     if also is not None:
                         also(pipe, after)
                     await pipe.execute()
                 except WatchError:
                     continue  # someone else wrote the task meanwhile: re-read and re-apply
                 return after
+
+    def _append(self, pipe: Pipeline, task_id: str, appended: list[TaskEvent]) -> None:
+        if not appended:
+            return
+        stream = events.events_key(task_id)
+        for event in appended:
+            pipe.xadd(stream, {"e": events.encode(event)}, id=events.entry_id(event.seq))
+        # The log expires with its task (set at create; NX keeps that, and covers tasks older than the log).
+        pipe.expire(stream, self.ttl_s, nx=True)
+
+    async def events_after(self, task_id: str, seq: int, count: int = 500) -> list[TaskEvent]:
+        """The task's events numbered above ``seq``, oldest first (at most ``count``)."""
+        rows = await self.redis.xrange(events.events_key(task_id), f"({events.entry_id(seq)}", "+", count=count)
+        return [events.decode(fields[b"e"]) for _, fields in rows]
+
+    async def wait_events(self, task_id: str, seq: int, block_s: float) -> list[TaskEvent]:
+        """Events numbered above ``seq``, waiting up to ``block_s`` for the first (a blocking ``XREAD``)."""
+        key = events.events_key(task_id)
+        rows = await self.redis.xread({key: events.entry_id(seq)}, count=500, block=int(block_s * 1000))
+        return [events.decode(fields[b"e"]) for _, entries in rows for _, fields in entries]
 
     async def cancel(self, task_id: str) -> Task | None:
         """Cancel a task (``Task.cancelled``); ``None`` when it does not exist.

@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from redis import Redis
@@ -17,7 +19,10 @@ from jobs.kinds import KINDS
 from jobs.settings import Settings, load_settings
 from service.app import create_app
 from tests.support.llm_server import ScriptedLLM
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
+
+if TYPE_CHECKING:
+    from tests.support.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 ACME_KEY = "acme-test-key-0001"
@@ -109,6 +114,37 @@ class WorkerProcess:
         self._log.close()
 
 
+class ApiProcess:
+    """``agentfarm serve`` as a real child process."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), *args],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"API did not start: {log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+        self._log.close()
+
+
 @pytest.fixture(scope="session")
 def worker(
     redis_server: RedisServer, llm_server: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory
@@ -148,3 +184,29 @@ async def api(settings: Settings, clean_state: None) -> AsyncIterator[AsyncTestC
 
 ACME = {"Authorization": f"Bearer {ACME_KEY}"}
 BETA = {"Authorization": f"Bearer {BETA_KEY}"}
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, llm_server: ScriptedLLM) -> Iterator[Callable[..., Cluster]]:
+    """Private clusters (own Redis, workers) for tests that kill and restart parts; closed after the test."""
+    from tests.support.cluster import Cluster  # noqa: PLC0415 - cluster imports this module
+
+    clusters: list[Cluster] = []
+    llm_server.reset()
+
+    def make(**env: str) -> Cluster:
+        folder = tmp_path / f"c{len(clusters)}"
+        folder.mkdir()
+        cluster = Cluster(folder, llm_server, **env)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.close()
+    llm_server.reset()
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    return make_cluster()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from jobs.store import CANCEL_CHANNEL, cancel_key
 from tests.conftest import ACME, SCRIPTED_MODEL, WorkerProcess
 from tests.support.cluster import Cluster
 from tests.support.llm_server import ScriptedLLM
-from tests.support.polling import wait_finished
+from tests.support.polling import eventually, wait_finished
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -28,34 +27,6 @@ pytestmark = pytest.mark.slow
 Client = AsyncTestClient  # type: ignore[type-arg]
 
 LLM_LATENCY_S = 2.0
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path, llm_server: ScriptedLLM) -> Iterator[Callable[..., Cluster]]:
-    clusters: list[Cluster] = []
-    llm_server.reset()
-
-    def make(**env: str) -> Cluster:
-        folder = tmp_path / f"c{len(clusters)}"
-        folder.mkdir()
-        cluster = Cluster(folder, llm_server, **env)
-        clusters.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in clusters:
-        cluster.close()
-    llm_server.reset()
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout_s`` passes; whether it held."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(interval_s)
-    return predicate()
 
 
 async def submit(api: Client, path: str, body: dict[str, Any]) -> str:

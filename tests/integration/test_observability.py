@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ACME, ROOT, SCRIPTED_MODEL
+from tests.conftest import ACME, SCRIPTED_MODEL, ApiProcess
 from tests.deploy.test_configs import KNOWN_METRICS
 from tests.support.cluster import Cluster
 from tests.support.llm_server import ScriptedLLM, count_tokens
@@ -21,35 +19,6 @@ from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
 from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.slow
-
-
-class ApiProcess:
-    """``agentfarm serve`` as a real child process."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
-            env=env,
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"API did not start: {log_path.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=20)
-        self._log.close()
 
 
 @pytest.fixture

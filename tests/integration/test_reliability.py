@@ -7,8 +7,6 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,29 +20,6 @@ from tests.support.polling import wait_finished
 pytestmark = pytest.mark.slow
 
 Client = AsyncTestClient  # type: ignore[type-arg]
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path, llm_server: ScriptedLLM) -> Iterator[Any]:
-    clusters: list[Cluster] = []
-    llm_server.reset()
-
-    def make(**env: str) -> Cluster:
-        cluster = Cluster(tmp_path / f"c{len(clusters)}", llm_server, **env)
-        (tmp_path / f"c{len(clusters)}").mkdir()
-        clusters.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in clusters:
-        cluster.close()
-    llm_server.reset()
-
-
-@pytest.fixture
-def cluster(make_cluster: Any) -> Cluster:
-    cluster: Cluster = make_cluster()
-    return cluster
 
 
 async def submit(api: Client, path: str, body: dict[str, Any], headers: dict[str, str] = ACME) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from litestar.testing import AsyncTestClient
@@ -30,3 +31,13 @@ async def wait_finished(
             return task, seen
         await asyncio.sleep(interval_s)
     raise AssertionError(f"task {task_id} not finished after {timeout_s} s; last state {seen[-1] if seen else None}")
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passes; whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval_s)
+    return predicate()
