@@ -21,6 +21,18 @@ class Params(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     """Base of every job kind's input; rejects fields it does not know."""
 
     language: LanguageField = "en"
+    # A delivery option, not the crew's input: the finished task is POSTed here, signed (Standard Webhooks).
+    webhook_url: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=2048,
+                pattern=r"^[hH][tT][tT][pP][sS]?://[^\s/?#]+[^\s]*$",
+                description="http(s) URL the finished task is POSTed to, signed with the tenant's webhook secret.",
+            ),
+        ]
+        | None
+    ) = None
 
     # Required text fields that must hold more than white space.
     text_fields: ClassVar[tuple[str, ...]] = ()

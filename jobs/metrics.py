@@ -116,6 +116,24 @@ LLM_ERRORS = Counter(
     ["model", "error_type"],
     registry=REGISTRY,
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "agentfarm_webhook_attempts",
+    "Webhook POSTs, by result: ok (2xx) or error (another status, a timeout, a refused address).",
+    ["result"],
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "agentfarm_webhook_deliveries",
+    "Webhook deliveries that ended: delivered, or failed after their last attempt.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_LATENCY = Histogram(
+    "agentfarm_webhook_attempt_seconds",
+    "Time of one webhook POST, answered or not.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
 
 
 class RedisQueueCollector(Collector):
@@ -172,6 +190,10 @@ def _preinitialise(kinds: Iterable[str]) -> None:
         TASK_RETRIES.labels(kind=kind)
         for status in OUTCOMES:
             TASKS_FINISHED.labels(kind=kind, status=status)
+    for result in ("ok", "error"):
+        WEBHOOK_ATTEMPTS.labels(result=result)
+    for outcome in ("delivered", "failed"):
+        WEBHOOK_DELIVERIES.labels(outcome=outcome)
 
 
 _preinitialise(KINDS)
@@ -226,3 +248,10 @@ def llm_usage(model: str, kind: str, *, calls: int, prompt_tokens: int, completi
     for token_type, count in tokens:
         if count > 0:
             LLM_TOKENS.labels(model=model, type=token_type).inc(count)
+
+
+def webhook_attempt(*, ok: bool, final: bool, duration_s: float) -> None:
+    WEBHOOK_ATTEMPTS.labels(result="ok" if ok else "error").inc()
+    WEBHOOK_LATENCY.observe(duration_s)
+    if final:
+        WEBHOOK_DELIVERIES.labels(outcome="delivered" if ok else "failed").inc()

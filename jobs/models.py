@@ -105,6 +105,8 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     job_id: str | None = None
     # W3C trace context of the request that created the task: the worker's spans continue its trace.
     traceparent: str | None = None
+    # Where the finished task is POSTed (jobs/webhooks.py); not part of the crew's input.
+    webhook_url: str | None = None
 
     @property
     def finished(self) -> bool:

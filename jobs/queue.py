@@ -39,12 +39,18 @@ from arq import Retry, Worker, func
 __all__ = ["QueueRedis", "RetryLater", "Worker"]
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.jobs import serialize_job
 from arq.typing import WorkerCoroutine
+from arq.utils import timestamp_ms
+from redis.asyncio.client import Pipeline
 
 from jobs.kinds import KINDS, QUEUES, Queue
 from jobs.models import Task
 
 JOB_FUNCTION = "run_task"
+WEBHOOK_FUNCTION = "deliver_webhook"
+# A delivery is one HTTP request: arq's in-progress marker (timeout + 10 s) frees it soon after a worker dies.
+_WEBHOOK_JOB_TIMEOUT_S = 60
 
 # arq's client: a redis.asyncio.Redis that can also enqueue jobs.
 QueueRedis = ArqRedis
@@ -79,6 +85,19 @@ async def enqueue(pool: QueueRedis, task: Task) -> None:
     job = await pool.enqueue_job(JOB_FUNCTION, task.id, _job_id=job_id, _queue_name=queue_key(queue))
     if job is None:
         raise EnqueueFailed(f"a job with id {job_id} already exists")
+
+
+def enqueue_in(pipe: Pipeline, function: str, args: tuple[str, ...], *, job_id: str, queue: Queue, ttl_s: int) -> None:
+    """Queue a job inside the caller's MULTI, exactly as ``ArqRedis.enqueue_job`` writes it.
+
+    So a job can be made durable in the same transaction as the state that calls
+    for it (a webhook delivery with the task's terminal state). Unlike
+    ``enqueue_job`` it does not refuse a taken id: ids here are unique per event.
+    """
+    now = timestamp_ms()
+    job = serialize_job(function, args, {}, None, now, serializer=serialize)
+    pipe.psetex(job_key_prefix + job_id, ttl_s * 1000, job)
+    pipe.zadd(queue_key(queue), {job_id: now})
 
 
 async def make_runnable(pool: QueueRedis, task: Task) -> str | None:
@@ -122,15 +141,22 @@ def make_worker(
     queue: Queue,
     job: WorkerCoroutine,
     *,
+    deliver: WorkerCoroutine | None = None,
     ctx: dict[str, Any],
     max_jobs: int,
     poll_delay_s: float,
     job_timeout_s: float,
     burst: bool,
 ) -> Worker:
-    """An arq worker taking ``queue``'s jobs on the process's shared pool; signals are the caller's."""
+    """An arq worker taking ``queue``'s jobs (tasks, and webhook deliveries) on the process's shared pool.
+
+    Signals are the caller's.
+    """
+    functions = [func(job, name=JOB_FUNCTION, timeout=job_timeout_s, max_tries=_ARQ_MAX_TRIES)]
+    if deliver is not None:
+        functions.append(func(deliver, name=WEBHOOK_FUNCTION, timeout=_WEBHOOK_JOB_TIMEOUT_S, max_tries=_ARQ_MAX_TRIES))
     return Worker(
-        functions=[func(job, name=JOB_FUNCTION, timeout=job_timeout_s, max_tries=_ARQ_MAX_TRIES)],
+        functions=functions,
         queue_name=queue_key(queue),
         redis_pool=pool,
         burst=burst,

@@ -16,6 +16,7 @@ typo and is refused with the closest name.
 
 from __future__ import annotations
 
+import base64
 import difflib
 import hashlib
 import os
@@ -142,6 +143,42 @@ class RedisConfig(Checked, frozen=True, kw_only=True):
     sentinel_password: Annotated[str, SECRET] = ""  # the sentinels' own, if they require one
 
 
+def _webhook_secrets(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for entry in _csv(raw):
+        tenant, sep, secret = entry.partition(":")
+        body = secret.removeprefix("whsec_")
+        try:
+            decoded = base64.b64decode(body + "==", validate=False)
+        except ValueError:
+            decoded = b""
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant) or not secret.startswith("whsec_"):
+            raise ValueError(entry)
+        if len(decoded) < 16:  # at least 128 bits of key
+            raise ValueError(entry)
+        pairs.append((tenant, secret))
+    if len({t for t, _ in pairs}) != len(pairs):
+        raise ValueError(raw)
+    return tuple(pairs)
+
+
+class WebhookConfig(Checked, frozen=True, kw_only=True):
+    """Signed callbacks when a task ends (Standard Webhooks)."""
+
+    secrets: Annotated[
+        tuple[tuple[str, str], ...],
+        env(_webhook_secrets, "comma-separated tenant:whsec_<base64 of 16+ bytes> pairs, one per tenant", secret=True),
+    ] = ()
+    # Loopback, private, link-local and metadata addresses are refused unless this is set (tests, intranets).
+    allow_private: bool = False
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 8
+    backoff_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0  # first retry; doubles, at most an hour
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+
+    def secret_of(self, tenant: str) -> str | None:
+        return dict(self.secrets).get(tenant)
+
+
 class ApiConfig(Checked, frozen=True, kw_only=True):
     """What the HTTP API accepts, and from whom."""
 
@@ -207,6 +244,7 @@ class Settings(Checked, frozen=True, kw_only=True):
     llm: LLMConfig = LLMConfig()
     worker: WorkerConfig = WorkerConfig()
     log: LogConfig = LogConfig()
+    webhook: WebhookConfig = WebhookConfig()
     task_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=10**8)] = 86_400
     kinds: dict[str, KindPolicy] = msgspec.field(
         default_factory=lambda: {name: KindPolicy.of(kind.policy) for name, kind in KINDS.items()}
@@ -223,6 +261,7 @@ _SECTIONS: dict[str, tuple[type[msgspec.Struct], str]] = {
     "llm": (LLMConfig, "AGENTFARM_LLM_"),
     "worker": (WorkerConfig, "AGENTFARM_WORKER_"),
     "log": (LogConfig, "AGENTFARM_LOG_"),
+    "webhook": (WebhookConfig, "AGENTFARM_WEBHOOK_"),
 }
 
 

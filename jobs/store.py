@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from jobs import events
+from jobs import events, webhooks
 from jobs.events import SourceRead, TaskEvent
 from jobs.kinds import KindName as Kind
 from jobs.models import Status, Task
@@ -143,6 +143,8 @@ class TaskStore:
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, _encoder.encode(after), keepttl=True)
                     self._append(pipe, task_id, appended)
+                    if after.finished and not before.finished and after.webhook_url:
+                        webhooks.schedule(pipe, after, self.ttl_s)  # durable with the state that calls for it
                     if also is not None:
                         also(pipe, after)
                     await pipe.execute()

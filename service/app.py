@@ -19,12 +19,15 @@ from jobs.store import TaskStore
 from service.admin import AdminController
 from service.auth import bearer_auth
 from service.errors import to_problem
+from service.events import EventsController
 from service.health import HealthController
 from service.observability import MetricsController, tracing_plugin
 from service.openapi import StrictStructSchemaPlugin, docs_assets, openapi_config
 from service.submit import Submitter
 from service.tasks import TaskController, submit_routes
 from service.validation import ApiRequest
+from service.web import security_headers, web_routes
+from service.webhooks import WebhooksController
 
 
 def app_version() -> str:
@@ -66,10 +69,13 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             *submit_routes(),
             TaskController,
+            EventsController,
+            WebhooksController,
             AdminController,
             HealthController,
             MetricsController,
             docs_assets(),
+            web_routes(),
         ],
         state=State({"settings": settings}),
         dependencies={
@@ -86,5 +92,6 @@ def create_app(settings: Settings) -> Litestar:
         cors_config=CORSConfig(allow_origins=list(settings.api.cors_origins)) if settings.api.cors_origins else None,
         request_max_body_size=settings.api.max_body_bytes,
         request_class=ApiRequest,
+        before_send=[security_headers],  # security headers on every response
         logging_config=None,  # logging is configured once, by service.logs
     )

@@ -12,10 +12,14 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from types import FrameType
 from typing import TYPE_CHECKING, get_args
 
 import structlog
@@ -86,24 +90,36 @@ def _telemetry(service_name: str) -> Telemetry:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _serve_processes(args)
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
     from service.app import create_app
+    from service.events import closing_event
 
     settings = _settings()
     telemetry = _telemetry("agentfarm-api")
     config = Config()
-    config.bind = [f"{args.host}:{args.port}"]
+    config.bind = _bind(args)
     config.accesslog = None  # one line per request comes from our own middleware
     config.graceful_timeout = 10
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, not hypercorn's own
 
+    app = create_app(settings)
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            # Open event streams end first, with a comment telling clients to reconnect elsewhere;
+            # then hypercorn stops, waiting up to its graceful timeout for other requests.
+            closing_event(app).set()
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal)
         log.info(
             "api_starting",
             bind=config.bind,
@@ -113,7 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         if not settings.api.api_keys:
             log.warning("no_api_keys", hint="set AGENTFARM_API_KEYS=tenant:key; every request will get 401")
-        await serve(create_app(settings), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
     try:
         asyncio.run(main())
@@ -123,6 +139,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.processes > 1:
+        return _worker_processes(args)
     settings = _settings()
     if settings.llm.is_demo:
         log.warning(
@@ -156,6 +174,165 @@ def cmd_worker(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(0)
     return 0
+
+
+# --- serve --workers N, worker --processes N: child processes supervised by this one -------------
+
+
+def _bind(args: argparse.Namespace) -> list[str]:
+    """Where hypercorn listens: host:port, or for a child of ``serve --workers`` its own SO_REUSEPORT socket
+    on the shared port (so the kernel spreads connections over the processes)."""
+    if not args.reuse_port:
+        return [f"{args.host}:{args.port}"]
+    family, kind, proto, _, address = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        print(f"agentfarm serve: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return [f"fd://{sock.detach()}"]  # hypercorn listens on it and owns it from here
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on host:port (a plain bind fails against SO_REUSEPORT listeners too)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            return False
+    return True
+
+
+def _serve_processes(args: argparse.Namespace) -> int:
+    """``serve --workers N``: N API processes on one port, each a full ``serve``."""
+    _settings()  # a bad setting is one message here, not N
+    if not _port_free(args.host, args.port):
+        print(
+            f"agentfarm serve: port {args.port} on {args.host} is in use; choose another with --port", file=sys.stderr
+        )
+        return 1
+    command = [*_this_command(), "serve", "--host", args.host, "--port", str(args.port), "--reuse-port"]
+    return _supervise("api", [(command, dict(os.environ))] * args.workers)
+
+
+def _worker_processes(args: argparse.Namespace) -> int:
+    """``worker --processes N``: N full worker processes (each with its own slots, thread pool and Redis pool)."""
+    settings = _settings()
+    command = [*_this_command(), "worker"]
+    for queue in args.queue or ():
+        command += ["--queue", queue]
+    if args.burst:
+        command.append("--burst")
+    children = []
+    for index in range(args.processes):
+        env = dict(os.environ)
+        if settings.worker.metrics_port:  # one /metrics port per process: the setting's, then the next ones
+            env["AGENTFARM_WORKER_METRICS_PORT"] = str(settings.worker.metrics_port + index)
+        children.append((command, env))
+    return _supervise("worker", children)
+
+
+def _this_command() -> list[str]:
+    return [sys.executable, "-m", "service.cli"]
+
+
+def _child_setup() -> Callable[[], None]:
+    """preexec_fn: a session of its own (a terminal's Ctrl-C reaches only the parent, which forwards it
+    once) and SIGTERM when the parent dies, so no child outlives a killed supervisor."""
+    prctl: Callable[[int, int], int] | None = None
+    if sys.platform == "linux":
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:
+        os.setsid()
+        if prctl is not None:
+            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return setup
+
+
+def _exit_code(code: int) -> int:
+    return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell reports it
+
+
+def _supervise(what: str, children: list[tuple[list[str], dict[str, str]]]) -> int:
+    """Run the child processes until all have exited.
+
+    SIGTERM/SIGINT are forwarded to every child (a second one too: a worker then
+    skips its grace period). A child that fails on its own (not after a signal)
+    stops the others with SIGTERM. Exit code: 0 when every child exited 0, else
+    the first failure's.
+    """
+    group = _Children(what)
+    previous = {signum: signal.signal(signum, group.forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for command, env in children:
+            if group.signals:
+                break  # stopped while starting: start no more
+            group.start(command, env)
+        log.info(f"{what}_processes_started", pids=[p.pid for p in group.processes])
+        while group.running():
+            group.check()
+            time.sleep(0.05)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        group.send(signal.SIGTERM)  # a no-op unless an error of our own got us here: leave no child behind
+    return group.wait()
+
+
+class _Children:
+    """The processes ``_supervise`` runs, the signals it got and the first failure."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.signals: list[int] = []
+        self.failed: int | None = None
+
+    def start(self, command: list[str], env: dict[str, str]) -> None:
+        # No threads run in this process, so preexec_fn is safe.
+        child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=_child_setup())  # noqa: PLW1509
+        self.processes.append(child)
+
+    def forward(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signum)
+        self.send(signum)
+
+    def send(self, signum: int) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.processes)
+
+    def check(self) -> None:
+        """A child that failed on its own stops the others."""
+        for process in self.processes:
+            if process.returncode in (None, 0) or self.failed is not None:
+                continue
+            self.failed = _exit_code(process.returncode)
+            if not self.signals:
+                log.warning(f"{self.what}_process_failed", pid=process.pid, exit_code=process.returncode)
+                self.send(signal.SIGTERM)
+
+    def wait(self) -> int:
+        for process in self.processes:
+            code = process.wait()
+            if code != 0 and self.failed is None:
+                self.failed = _exit_code(code)
+        log.info(f"{self.what}_processes_stopped", exit_codes=[p.returncode for p in self.processes])
+        return self.failed or 0
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -208,6 +385,16 @@ def _version() -> str:
         return "unknown"
 
 
+def _at_least_one(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {raw!r})")
+    return value
+
+
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the API's JSON (machine-readable)")
 
@@ -218,17 +405,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agentfarm {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_text: str, epilog: str | None = None) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=epilog, formatter_class=raw)
+    def command(
+        name: str, help_text: str, epilog: str | None = None, aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, epilog=epilog, formatter_class=raw, aliases=list(aliases)
+        )
 
     p = command("serve", "run the HTTP API (hypercorn)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="API processes sharing the port (SO_REUSEPORT; default 1); about one per core",
+    )
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for --workers' children
     p.set_defaults(func=cmd_serve)
 
     p = command("worker", "run a worker for one or more queues")
     p.add_argument("--queue", action="append", choices=QUEUES, help="queue to serve (repeatable; default: all)")
     p.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    p.add_argument(
+        "--processes",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help=(
+            "worker processes (default 1), each with AGENTFARM_WORKER_CONCURRENCY slots; one process uses at most "
+            "one core (the GIL): run about one per core. Their /metrics ports: AGENTFARM_WORKER_METRICS_PORT, +1, ..."
+        ),
+    )
     p.set_defaults(func=cmd_worker)
 
     dev_epilog = (
@@ -278,9 +487,12 @@ def _client_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     _json_option(p)
     p.set_defaults(func=client.cmd_list)
 
-    p = command("report", "print a completed task's report (markdown)")
+    p = command("report", "print a completed task's report, or save it: report ID --format pdf -o report.pdf")
     p.add_argument("task_id", metavar="ID")
+    p.add_argument("--format", choices=client.REPORT_FORMATS, help="md (default), json, html or pdf")
+    p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE (the format follows its suffix)")
     p.set_defaults(func=client.cmd_report)
+    client.kind_commands(command)  # one command per kind: agentfarm research "topic" --depth basic --wait
 
     p = command("cancel", "cancel a queued, retrying or running task")
     p.add_argument("task_id", metavar="ID")

@@ -1,4 +1,4 @@
-"""The ``agentfarm`` client commands: submit, watch, show, list, cancel and report over the HTTP API.
+"""The ``agentfarm`` client commands: one per kind, submit, watch, show, list, cancel and report over the HTTP API.
 
 They talk to ``AGENTFARM_URL`` with ``AGENTFARM_API_KEY`` and import nothing heavy (no crewai, no
 server settings): a client starts in a fraction of a second on any machine that can reach the API.
@@ -100,6 +100,14 @@ def client() -> httpx.Client:
 
 def request(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     """One API call; a transport failure or a problem+json answer becomes a short ClientError."""
+    response = send(http, method, path, **kwargs)
+    if "json" in response.headers.get("content-type", ""):
+        return response.json()
+    return response.text
+
+
+def send(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One API call, answered 2xx (else a short ClientError)."""
     try:
         response = http.request(method, path, **kwargs)
     except httpx.ConnectError:
@@ -113,9 +121,7 @@ def request(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
         raise ClientError(f"talking to the API at {http.base_url} failed: {exc}") from None
     if response.status_code >= 400:
         raise ClientError(problem_text(response))
-    if "json" in response.headers.get("content-type", ""):
-        return response.json()
-    return response.text
+    return response
 
 
 def problem_text(response: httpx.Response) -> str:
@@ -303,7 +309,115 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+REPORT_FORMATS = ("md", "json", "html", "pdf")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    """Print the report, or save it with ``-o FILE`` (the format from ``--format``, else from the file's suffix)."""
+    output: str | None = args.output
+    fmt: str = args.format or _format_of(output) or "md"
     with client() as http:
-        print(request(http, "GET", f"/v1/tasks/{args.task_id}/report"))
+        response = send(http, "GET", f"/v1/tasks/{args.task_id}/report", params={"format": fmt})
+    body = response.content
+    if not body:
+        raise ClientError(f"the API sent an empty {fmt} report for {args.task_id}")
+    if output is None or output == "-":
+        if fmt == "pdf" and sys.stdout.isatty():
+            fail("a PDF is binary: save it with -o FILE (or redirect the output)", 2)
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+        return 0
+    partial = f"{output}.part"
+    try:
+        with open(partial, "wb") as file:
+            file.write(body)
+        os.replace(partial, output)
+    except OSError as exc:
+        raise ClientError(f"cannot write {output}: {exc.strerror or exc}") from None
+    print(f"{output}: {fmt}, {len(body):,} bytes", file=sys.stderr)
     return 0
+
+
+def _format_of(path: str | None) -> str | None:
+    """``report.pdf`` -> ``pdf``; a suffix that names no format -> None (Markdown)."""
+    suffix = os.path.splitext(path or "")[1].lower().lstrip(".")
+    suffix = {"markdown": "md", "htm": "html"}.get(suffix, suffix)
+    return suffix if suffix in REPORT_FORMATS else None
+
+
+# --- one command per kind: ``agentfarm research "topic" --depth basic --wait`` ----------
+
+
+def kind_commands(command: Any) -> None:
+    """A command per row of the kinds table: its first required field is the argument, the others options.
+
+    A kind's command is its URL path (``technical-review``); a hyphenated path also answers to its
+    last word (``review``) when nothing else is called that.
+    """
+    names = {spec.path for spec in KINDS.values()} | set(KINDS)
+    for kind, spec in KINDS.items():
+        fields = kind_fields(kind)
+        main = fields[0] if fields and fields[0].required else None
+        short = spec.path.rsplit("-", 1)[-1]
+        aliases = [short] if "-" in spec.path and short not in names else []
+        example = f'  agentfarm {spec.path} "..." --wait' if main else f"  agentfarm {spec.path} --wait"
+        parser = command(spec.path, spec.summary, f"example:\n{example}", aliases=aliases)
+        for field in fields:
+            values, description = _describe(field.type)
+            choices = _choices(field.type)
+            text = f"{description} ({values})" if description else values
+            if field is main:
+                parser.add_argument(field.encode_name, metavar=field.encode_name.upper(), help=text)
+                continue
+            default = "" if field.required else f"; default {field.default}" if field.default not in ("", None) else ""
+            parser.add_argument(
+                f"--{field.encode_name.replace('_', '-')}",
+                dest=field.encode_name,
+                choices=choices,
+                type=_arg_type(field.type),
+                required=field.required,
+                help=f"{text}{default}",
+            )
+        parser.add_argument("--wait", action="store_true", help="follow its progress until it finishes")
+        parser.add_argument("--json", action="store_true", help="print the API's JSON (machine-readable)")
+        parser.set_defaults(func=cmd_kind, kind=kind, body_fields=[f.encode_name for f in fields])
+
+
+def cmd_kind(args: argparse.Namespace) -> int:
+    """Submit one task of ``args.kind`` from its options; with ``--wait``, follow it to the end."""
+    body = {name: getattr(args, name) for name in args.body_fields if getattr(args, name) is not None}
+    with client() as http:
+        task = request(http, "POST", f"/v1/tasks/{KINDS[args.kind].path}", json=body)
+        if args.wait:
+            if not args.json:
+                print(task["id"], flush=True)
+            return watch(http, task["id"], as_json=args.json)
+    if args.json:
+        print_json(task)
+    else:
+        print(task["id"])
+    return 0
+
+
+def _unwrap(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    while isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    if isinstance(info, msgspec.inspect.UnionType):  # ``X | None``: the option is X, and may be left out
+        real = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(real) == 1:
+            return _unwrap(real[0])
+    return info
+
+
+def _choices(info: msgspec.inspect.Type) -> list[str] | None:
+    info = _unwrap(info)
+    return [str(v) for v in info.values] if isinstance(info, msgspec.inspect.LiteralType) else None
+
+
+def _arg_type(info: msgspec.inspect.Type) -> Any:
+    info = _unwrap(info)
+    if isinstance(info, msgspec.inspect.IntType):
+        return int
+    if isinstance(info, msgspec.inspect.FloatType):
+        return float
+    return str

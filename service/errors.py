@@ -34,6 +34,7 @@ class ApiError(Exception):
 
     status = 500
     title = "Internal Server Error"
+    type = "about:blank"  # a URI naming the kind of problem, for errors a client may want to tell apart
 
     def __init__(
         self, detail: str, *, errors: list[FieldProblem] | None = None, headers: dict[str, str] | None = None
@@ -106,9 +107,10 @@ def _problem(
     detail: str,
     errors: list[FieldProblem] | None = None,
     headers: dict[str, str] | None = None,
+    type_: str = "about:blank",
 ) -> Response[Problem]:
     return Response(
-        Problem(title=title, status=status, detail=detail, errors=errors),
+        Problem(title=title, status=status, detail=detail, errors=errors, type=type_),
         status_code=status,
         media_type=PROBLEM_JSON,
         headers=headers,
@@ -175,7 +177,7 @@ def to_problem(request: Request[Any, Any, Any], exc: Exception) -> Response[Prob
 def _client_problem(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem] | None:
     """The answer to an error the request caused (or that we raised on purpose), else None."""
     if isinstance(exc, ApiError):
-        return _problem(exc.status, exc.title, exc.detail, exc.errors, exc.headers)
+        return _problem(exc.status, exc.title, exc.detail, exc.errors, exc.headers, exc.type)
     if isinstance(exc, (BodyProblems, UnsupportedBody, *_DECODE_FAILURES)):
         return _body_problem(exc)
     if isinstance(exc, ValidationException):

@@ -11,7 +11,15 @@ from litestar._openapi.schema_generation import SchemaCreator
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, Reference, Schema, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+    SecurityScheme,
+)
 from litestar.static_files import create_static_files_router
 from litestar.typing import FieldDefinition
 
@@ -27,6 +35,7 @@ _WHEN = {
     415: "The body is not sent as `application/json`.",
     422: "The Idempotency-Key was already used with a different request.",
     429: "Rate limited for this kind and API key; `Retry-After` says when to retry.",
+    500: "Our fault, logged (for a report: it could not be rendered in that format; `type` says so).",
     503: "A dependency (Redis) is unreachable; retry later.",
 }
 
@@ -78,12 +87,23 @@ def docs_assets() -> Router:
 
 @dataclass
 class ReportOperation(Operation):
-    """The report's 200 response: markdown, and also the structured ``Report`` as JSON."""
+    """The report's 200 response: Markdown, and also the structured ``Report`` as JSON, an HTML page and a PDF."""
 
     def __post_init__(self) -> None:
         ok = (self.responses or {}).get("200")
         if ok is not None and not isinstance(ok, Reference) and ok.content is not None:
+            ok.content["text/markdown"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
             ok.content["application/json"] = OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Report"))
+            ok.content["text/html"] = OpenAPIMediaType(
+                schema=Schema(type=OpenAPIType.STRING, description="A standalone, printable page with its sources.")
+            )
+            ok.content["application/pdf"] = OpenAPIMediaType(
+                schema=Schema(
+                    type=OpenAPIType.STRING,
+                    content_media_type="application/pdf",
+                    description="A4, fonts embedded (Cyrillic renders and extracts as text), sources at the end.",
+                )
+            )
 
 
 class StrictStructSchemaPlugin(StructSchemaPlugin):

@@ -1,15 +1,24 @@
-"""Wire bodies of the API that are not task state or job input."""
+"""Wire bodies of the API that are not task state or job input (the task views are in ``jobs/views.py``)."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
-from crews.results import Report, Usage
-from jobs.kinds import KindName
-from jobs.models import Status, Task, TaskError
+from jobs.views import TaskState, TaskSummary, TaskView
+
+__all__ = [
+    "FieldProblem",
+    "Liveness",
+    "Problem",
+    "QueueHealth",
+    "Readiness",
+    "TaskPage",
+    "TaskState",
+    "TaskSummary",
+    "TaskView",
+]
 
 
 class FieldProblem(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,57 +37,6 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     detail: str
     type: str = "about:blank"
     errors: list[FieldProblem] | None = None
-
-
-class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
-    """A task in a list: its state without the report body (``title`` names the report once completed)."""
-
-    id: str
-    kind: KindName
-    status: Status
-    progress: int
-    stage: str
-    params: dict[str, Any]
-    attempt: int
-    max_attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
-    error: TaskError | None
-    usage: Usage
-    trace_id: str | None
-    title: str | None = None
-
-    @classmethod
-    def of(cls, task: Task) -> TaskSummary:
-        fields = {name: getattr(task, name) for name in cls.__struct_fields__ if name != "title"}
-        return cls(**fields, title=task.result.title if task.result else None)
-
-
-class TaskView(msgspec.Struct, frozen=True, kw_only=True):
-    """A task as its owner sees it: state, progress, result and usage; no internal bookkeeping."""
-
-    id: str
-    kind: KindName
-    status: Status
-    progress: int
-    stage: str
-    params: dict[str, Any]
-    attempt: int
-    max_attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
-    result: Report | None
-    error: TaskError | None
-    usage: Usage
-    trace_id: str | None
-
-    @classmethod
-    def of(cls, task: Task) -> TaskView:
-        return cls(**{name: getattr(task, name) for name in cls.__struct_fields__})
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):

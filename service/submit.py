@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 
+from crews import netguard
 from crews.params import Params
 from jobs import idempotency, metrics
 from jobs.models import Task, TaskError, utcnow
@@ -18,6 +19,7 @@ from jobs.store import TaskStore
 from jobs.telemetry import current_trace_id, inject_traceparent
 from service.auth import Caller
 from service.errors import Conflict, DependencyDown, InvalidInput, RateLimited, Unprocessable
+from service.schemas import FieldProblem
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +48,7 @@ class Submitter:
             if replay is not None:
                 return Submitted(replay, replayed=True)
         try:
+            await self._check_webhook(params, caller)
             await self._check_rate(kind, caller)
             task = await self._create(kind, params, caller, task_id)
         except BaseException:
@@ -72,6 +75,20 @@ class Submitter:
             raise Conflict("a request with this Idempotency-Key is still being processed; retry in a moment")
         return task
 
+    async def _check_webhook(self, params: Params, caller: Caller) -> None:
+        """A webhook needs the tenant's signing secret and a public address (checked again at delivery)."""
+        if params.webhook_url is None:
+            return
+        config = self.settings.webhook
+        if config.secret_of(caller.tenant) is None:
+            message = "this tenant has no webhook secret (AGENTFARM_WEBHOOK_SECRETS), so deliveries cannot be signed"
+            raise Unprocessable(f"webhook_url: {message}", errors=[_webhook_problem(message)])
+        try:
+            await netguard.check(params.webhook_url, allow_private=config.allow_private)
+        except netguard.Refused as refused:
+            message = f"not a public http(s) address: {refused.reason}"
+            raise Unprocessable(f"webhook_url: {message}", errors=[_webhook_problem(message)]) from None
+
     async def _check_rate(self, kind: str, caller: Caller) -> None:
         limit = caller.rate_limit or self.settings.policy(kind).rate_limit
         decision = await self.limiter.hit(f"submit:{caller.tenant}:{kind}", limit)
@@ -87,7 +104,8 @@ class Submitter:
             id=task_id,
             kind=kind,
             tenant=caller.tenant,
-            params=msgspec.structs.asdict(params),
+            params={k: v for k, v in msgspec.structs.asdict(params).items() if k != "webhook_url"},
+            webhook_url=params.webhook_url,
             max_attempts=self.settings.policy(kind).max_attempts,
             created_at=now,
             updated_at=now,
@@ -104,3 +122,7 @@ class Submitter:
             raise DependencyDown("the task could not be queued; it was marked failed, submit it again") from exc
         metrics.TASKS_SUBMITTED.labels(kind=kind).inc()
         return task
+
+
+def _webhook_problem(message: str) -> FieldProblem:
+    return FieldProblem(field="webhook_url", message=message, source="body")

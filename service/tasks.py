@@ -18,8 +18,9 @@ from jobs import metrics
 from jobs.kinds import KINDS, Kind, KindName
 from jobs.models import AlreadyFinished, Status, Task
 from jobs.store import InvalidCursor, TaskStore
+from service import reports
 from service.auth import Caller
-from service.errors import Conflict, InvalidInput, NotAcceptable, NotFound
+from service.errors import Conflict, InvalidInput, NotFound
 from service.openapi import ReportOperation, error_responses
 from service.schemas import FieldProblem, TaskPage, TaskSummary, TaskView
 from service.submit import Submitter
@@ -45,8 +46,6 @@ Req = Request[Caller, Any, Any]
 _LOCATION = ResponseHeader(
     name="Location", description="URL of the task.", documentation_only=True, value="/v1/tasks/{task_id}"
 )
-# What the report can be served as: ``?format=`` value -> media type (first is the default).
-REPORT_FORMATS = {"md": "text/markdown", "json": "application/json"}
 
 
 def submit_route(kind: Kind) -> HTTPRouteHandler:
@@ -83,7 +82,7 @@ class TaskController(Controller):
     @get("/{task_id:str}", summary="Get a task", responses=error_responses(400, 401, 404, 503))
     async def get_task(self, request: Req, task_id: FromPath[str], store: Store) -> TaskView:
         """The task's current state, progress, result and usage."""
-        return TaskView.of(await _owned(store, task_id, request.user.tenant))
+        return TaskView.of(await owned_task(store, task_id, request.user.tenant))
 
     @get("/", summary="List tasks", responses=error_responses(400, 401, 503))
     async def list_tasks(
@@ -113,7 +112,7 @@ class TaskController(Controller):
     )
     async def cancel_task(self, request: Req, task_id: FromPath[str], store: Store) -> TaskView:
         """Cancel a queued, retrying or running task; a running crew makes no further LLM calls."""
-        await _owned(store, task_id, request.user.tenant)
+        await owned_task(store, task_id, request.user.tenant)
         try:
             task = await store.cancel(task_id)
         except AlreadyFinished as finished:
@@ -128,8 +127,11 @@ class TaskController(Controller):
         "/{task_id:str}/report",
         summary="Get a task's report",
         media_type="text/markdown",
-        responses=error_responses(400, 401, 404, 406, 409, 503),
-        response_description="The report as markdown, or as JSON (`Report`) by `Accept` or `?format=json`.",
+        responses=error_responses(400, 401, 404, 406, 409, 500, 503),
+        response_description=(
+            "The report as Markdown (default), the structured `Report` as JSON, a standalone HTML page or an A4 PDF,"
+            " chosen by `Accept` or `?format=`."
+        ),
         operation_class=ReportOperation,
     )
     async def get_report(
@@ -139,34 +141,20 @@ class TaskController(Controller):
         store: Store,
         format: Annotated[  # noqa: A002 - the query parameter's public name
             str | None,
-            QueryParameter(description="`md` or `json`; overrides `Accept`. Any other value gets 406."),
+            QueryParameter(description="`md`, `json`, `html` or `pdf`; overrides `Accept`. Any other value gets 406."),
         ] = None,
     ) -> Response[Any]:
-        """The finished report: markdown by default, or the structured report (`Accept` or `?format=json`)."""
-        task = await _owned(store, task_id, request.user.tenant)
-        wanted = _report_type(request, format)
+        """The finished report as Markdown, JSON, HTML or PDF (`Accept` or `?format=`); 409 until it is completed."""
+        task = await owned_task(store, task_id, request.user.tenant)
+        wanted = reports.negotiate(request, format)
         if task.result is None:
-            raise Conflict(f"task {task.id} is {task.status}; its report exists once it is completed")
-        if wanted == "application/json":
-            return Response(task.result, media_type="application/json")
-        return Response(task.result.markdown, media_type="text/markdown")  # Litestar adds charset=utf-8
+            raise reports.not_ready(task)
+        exported = await reports.export(task, task.result, wanted)
+        return Response(exported.body, media_type=exported.media_type, headers=exported.headers)
 
 
-def _report_type(request: Req, format: str | None) -> str:  # noqa: A002
-    """The media type to answer with, from ``?format=`` or else ``Accept``; 406 if none can be produced."""
-    offered = ", ".join(REPORT_FORMATS)
-    if format is not None:
-        if format not in REPORT_FORMATS:
-            raise NotAcceptable(f"format: {format!r} is not available; use one of {offered}")
-        return REPORT_FORMATS[format]
-    wanted = request.accept.best_match(list(REPORT_FORMATS.values()))
-    if wanted is None:
-        accept = request.headers.get("accept", "")
-        raise NotAcceptable(f"Accept: cannot produce {accept!r}; the report is {' or '.join(REPORT_FORMATS.values())}")
-    return wanted
-
-
-async def _owned(store: TaskStore, task_id: str, tenant: str) -> Task:
+async def owned_task(store: TaskStore, task_id: str, tenant: str) -> Task:
+    """The caller's task, or 404 (another tenant's task looks the same as a missing one)."""
     task = await store.get_for(task_id, tenant) if _is_uuid(task_id) else None
     if task is None:
         raise NotFound(f"no task {task_id!r} for this API key")

@@ -21,6 +21,7 @@ from jobs.queue import Worker
 from jobs.settings import Settings
 from jobs.worker.execution import run_task
 from jobs.worker.runtime import WorkerRuntime
+from jobs.worker.webhooks import deliver_webhook
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +34,7 @@ def _worker(settings: Settings, queue: Queue, runtime: WorkerRuntime, *, burst: 
         runtime.redis,
         queue,
         run_task,
+        deliver=deliver_webhook,
         ctx={"runtime": runtime},
         max_jobs=settings.worker.concurrency,
         poll_delay_s=settings.worker.poll_delay_s,

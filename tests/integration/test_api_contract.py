@@ -217,11 +217,11 @@ class TestReport:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith(expected)
 
-    @pytest.mark.parametrize(("params", "accept"), [({}, "application/pdf"), ({"format": "pdf"}, None)])
+    @pytest.mark.parametrize(("params", "accept"), [({}, "application/xml"), ({"format": "docx"}, None)])
     async def test_a_type_it_cannot_produce_is_406(
         self, api: Client, settings: Settings, params: dict[str, str], accept: str | None
     ) -> None:
-        """Asking for a type the report is not available in gets 406, not markdown."""
+        """Asking for a type the report is not available in gets 406 listing the types it has, not markdown."""
         task = await completed_task(api, settings)
         headers = {**ACME, **({"Accept": accept} if accept else {})}
 

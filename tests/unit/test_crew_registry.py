@@ -17,7 +17,8 @@ from crews.technical_review.crew import TechnicalReviewParams
 from jobs.kinds import KINDS, Kind
 
 # Fields that shape the crew instead of appearing in its prompts.
-STRUCTURAL = {"crew_type", "depth", "language"}
+# Choices that shape the plan, and delivery options that never reach the crew.
+STRUCTURAL = {"crew_type", "depth", "language", "webhook_url"}
 
 SAMPLE_TEXT = {"topic": "a topic", "company": "Acme", "subject": "the parser", "context": "code"}
 
