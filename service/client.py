@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import httpx
@@ -212,13 +213,58 @@ def watch(http: httpx.Client, task_id: str, *, as_json: bool = False) -> int:
     return 0 if task["status"] == "completed" else 1
 
 
-def _poll(http: httpx.Client, task_id: str, show: Any, interval_s: float = 0.5) -> dict[str, Any]:
+def _poll(http: httpx.Client, task_id: str, show: Any) -> dict[str, Any]:
+    """Follow the task's event stream to its end; the final task (with its result or error).
+
+    A dropped connection (or a server shutting down) is resumed with
+    ``Last-Event-ID``: no event is missed or shown twice.
+    """
+    task: dict[str, Any] = request(http, "GET", f"/v1/tasks/{task_id}")  # the usual errors, said the usual way
+    show(task)
+    if task["status"] in FINISHED:
+        return task
+    last_id = 0
+    failures = 0
     while True:
-        task: dict[str, Any] = request(http, "GET", f"/v1/tasks/{task_id}")
-        show(task)
-        if task["status"] in FINISHED:
-            return task
-        time.sleep(interval_s)
+        try:
+            for event_id, data in _events(http, task_id, last_id):
+                last_id, failures = event_id, 0
+                show(data)
+                if data["status"] in FINISHED and data["type"] in FINISHED:
+                    final: dict[str, Any] = request(http, "GET", f"/v1/tasks/{task_id}")
+                    return final
+        except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+            failures += 1
+            if failures > RECONNECTS:
+                raise ClientError(
+                    f"cannot connect to the API at {http.base_url}: lost the event stream of task {task_id} "
+                    f"({exc.__class__.__name__}, {RECONNECTS} retries)"
+                ) from None
+        time.sleep(min(0.2 * 2**failures, 5.0))  # the stream ended early (a server restart): resume
+
+
+RECONNECTS = 8
+
+
+def _events(http: httpx.Client, task_id: str, after: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(id, data) of each event after ``after``, until the server ends the stream."""
+    headers = {"Last-Event-ID": str(after), "Accept": "text/event-stream"}
+    timeout = httpx.Timeout(30, read=120)  # keep-alive comments arrive every 15 s
+    with http.stream("GET", f"/v1/tasks/{task_id}/events", headers=headers, timeout=timeout) as response:
+        if response.status_code >= 400:
+            response.read()
+            raise ClientError(problem_text(response))
+        fields: dict[str, str] = {}
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                continue
+            if line:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+                continue
+            if "id" in fields and "data" in fields:
+                yield int(fields["id"]), json.loads(fields["data"])
+            fields = {}
 
 
 def _watch_with_bar(http: httpx.Client, task_id: str, console: Any) -> dict[str, Any]:

@@ -117,8 +117,8 @@ class WorkerProcess:
 class ApiProcess:
     """``agentfarm serve`` as a real child process."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(

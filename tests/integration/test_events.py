@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,29 @@ async def test_a_normal_shutdown_ends_open_streams_with_a_comment_not_a_cut(clus
         assert api.process.wait(timeout=15) == 0
     finally:
         api.stop()
+
+
+async def test_cli_watch_follows_the_stream_across_an_api_restart(
+    cluster: Cluster, llm_server: ScriptedLLM, tmp_path: Path
+) -> None:
+    """`agentfarm watch` resumes with Last-Event-ID when its API goes away and comes back."""
+    llm_server.default_delay_s = 1.0
+    first = ApiProcess(cluster.env, tmp_path / "api-1.log")
+    cluster.start_worker()
+    task_id = submit(first, "watch across a restart")
+    env = {**cluster.env, "AGENTFARM_URL": first.url, "AGENTFARM_API_KEY": ACME["Authorization"].split()[1]}
+    out_path = tmp_path / "watch.out"
+    with out_path.open("wb") as out:
+        watcher = subprocess.Popen(  # noqa: ASYNC220 - a child we wait for off the loop
+            [sys.executable, "-m", "service.cli", "watch", task_id], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        assert await eventually(lambda: "running" in out_path.read_text(), timeout_s=30)
+        first.stop()  # the stream ends with "server shutting down"; the watcher retries
+        second = ApiProcess(cluster.env, tmp_path / "api-2.log", port=first.port)
+        try:
+            code = await asyncio.to_thread(watcher.wait, 60)
+        finally:
+            second.stop()
+    printed = out_path.read_text()
+    assert code == 0, printed
+    assert printed.strip().splitlines()[-1].startswith("100%  completed"), printed

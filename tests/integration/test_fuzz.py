@@ -55,4 +55,8 @@ def test_no_server_errors_and_every_answer_matches_the_document(case: Any) -> No
         skipped.append(positive_data_acceptance)  # a cursor is opaque: only ones the API returned are valid
     if (case.headers or {}).get("Idempotency-Key") is not None:
         skipped.append(positive_data_acceptance)  # a reused key with another body is 422 by earlier requests
+    if isinstance(case.body, dict) and case.body.get("webhook_url") is not None:
+        # A webhook needs a tenant secret and an address that resolves to a public host: rules about the
+        # deployment and DNS that a schema cannot state, so a schema-valid address may rightly be 422.
+        skipped.append(positive_data_acceptance)
     case.call_and_validate(headers=ACME, excluded_checks=skipped)
