@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 CODE := service jobs crews
 
-.PHONY: help install run test test-fast lint format typecheck check lock up down
+.PHONY: help install run test test-fast lint format typecheck check lock up down bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,10 @@ typecheck: install ## mypy --strict on the service's packages
 	$(VENV)/bin/mypy --strict $(CODE)
 
 check: lint typecheck test ## lint, typecheck and test, as before a commit
+
+B ?=
+bench: install ## Benchmarks (SPEC §10; needs redis-server and wrk): writes docs/benchmarks.md; B=b3 runs one suite
+	$(PY) -m bench $(if $(B),--only $(B))
 
 lock: install ## Re-resolve requirements*.lock from pyproject.toml (hashed, no download addresses)
 	$(UV) pip compile -q --universal --generate-hashes pyproject.toml -o requirements-api.lock

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Literal
 
-StopReason = Literal["cancelled", "soft_timeout", "timeout", "shutdown", "superseded"]
+StopReason = Literal["cancelled", "soft_timeout", "timeout", "shutdown", "superseded", "budget_exceeded"]
 
 
 class CrewStopped(BaseException):
@@ -51,3 +51,18 @@ def stop_points(check: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         _stop_check.reset(token)
+
+
+class BudgetExceeded(CrewStopped):
+    """Raised before an LLM call that would take the task past its token budget: the call is not made."""
+
+    def __init__(self, spent: int, budget: int) -> None:
+        super().__init__("budget_exceeded")
+        self.spent = spent
+        self.budget = budget
+
+    def __str__(self) -> str:
+        return (
+            f"the task's token budget of {self.budget:,} tokens (max_tokens) would be exceeded by its next "
+            f"LLM call: {self.spent:,} tokens spent"
+        )

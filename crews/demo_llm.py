@@ -88,6 +88,12 @@ class DemoLLM(BaseLLM):
     ) -> str | Any:
         text = _TEXTS.get(self.language, _TEXTS["en"])
         role = getattr(from_agent, "role", "agent")
+        if response_model is not None and "queries" in response_model.model_fields:
+            # The sources stage's query plan (only with a search backend set): the subject itself.
+            plan = response_model.model_validate({"queries": [self.subject]})
+            answer_plan: BaseModel = plan
+            self._track_token_usage_internal({"prompt_tokens": 1, "completion_tokens": len(self.subject.split())})
+            return answer_plan
         if response_model is not None:
             report = response_model.model_validate(
                 {

@@ -11,6 +11,8 @@ import httpx
 import openai
 import pydantic
 
+from crews.sources.errors import NoSources, SourceError, SourcesMisconfigured
+
 # Retrying these may well succeed: the provider or the network had a bad moment.
 _TRANSIENT: tuple[type[BaseException], ...] = (
     openai.APITimeoutError,
@@ -20,7 +22,10 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     httpx.TransportError,
     TimeoutError,
     ConnectionError,
+    SourceError,  # a search backend failed: it names itself in the message
 )
+# Failures of our own with an error type of their own (``error_type``), e.g. ``no_sources``.
+_TYPED: tuple[type[BaseException], ...] = (SourceError, NoSources, SourcesMisconfigured)
 
 _HINTS: dict[type[BaseException], str] = {
     openai.AuthenticationError: "the LLM provider rejected the API key: check AGENTFARM_LLM_API_KEY",
@@ -57,7 +62,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def classify(exc: BaseException) -> Failure:
     """The failure ``exc`` stands for; the first recognised exception in its chain decides."""
     chain = _chain(exc)
-    decisive = next((e for e in chain if isinstance(e, (*_TRANSIENT, *_HINTS))), exc)
+    decisive = next((e for e in chain if isinstance(e, (*_TYPED, *_TRANSIENT, *_HINTS))), exc)
     hint = next((h for t, h in _HINTS.items() if isinstance(decisive, t)), None)
     detail = str(decisive) or type(decisive).__name__
     message = f"{hint}: {detail}" if hint else detail
@@ -66,7 +71,7 @@ def classify(exc: BaseException) -> Failure:
         retry_after = _retry_after(decisive.response.headers.get("retry-after"))
     return Failure(
         transient=isinstance(decisive, _TRANSIENT),
-        type=type(decisive).__name__,
+        type=str(getattr(decisive, "error_type", "")) or type(decisive).__name__,
         message=message[:2000],
         retry_after_s=retry_after,
     )

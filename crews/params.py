@@ -33,9 +33,27 @@ class Params(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
         ]
         | None
     ) = None
+    # A limit, not the crew's input: the most prompt + completion tokens the task may spend (all attempts).
+    max_tokens: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                le=10_000_000,
+                description=(
+                    "Token budget of the task (prompt + completion, all attempts). Past it no further LLM call "
+                    "is made and the task fails with error type budget_exceeded. Default and upper bound per "
+                    "kind: AGENTFARM_<KIND>_TOKEN_BUDGET, AGENTFARM_<KIND>_MAX_TOKENS_LIMIT (at most this bound)."
+                ),
+            ),
+        ]
+        | None
+    ) = None
 
     # Required text fields that must hold more than white space.
     text_fields: ClassVar[tuple[str, ...]] = ()
+    # How the task is run and delivered, not what the crew works on: never part of the crew's inputs.
+    option_fields: ClassVar[tuple[str, ...]] = ("webhook_url", "max_tokens")
 
     def __post_init__(self) -> None:
         for name in self.text_fields:

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from crewai import LLM, Agent, Crew, Process, Task
+from crewai import Agent, Crew, Process, Task
 from crewai.crews.crew_output import CrewOutput
 from crewai.hooks import register_after_llm_call_hook, register_before_llm_call_hook
 from crewai.hooks.llm_hooks import LLMCallHookContext
@@ -26,8 +26,11 @@ from pydantic import BaseModel, Field
 from crews.control import stop_points
 from crews.demo_llm import DemoLLM
 from crews.llm import LLMConfig
+from crews.llm import build_llm as configured_llm
 from crews.params import Params
-from crews.results import Report, Section, Usage
+from crews.results import Report, Usage
+from crews.sources import run as sources_stage
+from crews.sources.config import SourcesConfig
 from crews.spec import CrewSpec
 from crews.tracing import CrewTracer, tracer
 
@@ -133,20 +136,25 @@ register_after_llm_call_hook(_after_llm_call)
 
 
 def build_llm(config: LLMConfig, crew: CrewSpec[Any], params: Params) -> BaseLLM:
-    """A fresh LLM per job: crewai's usage counters are per instance."""
+    """A fresh LLM per job (crewai's usage counters are per instance), on the process's shared HTTP clients."""
     if config.is_demo:
         return DemoLLM(subject=crew.subject_of(params), language=params.language)
-    return LLM(
-        model=config.model,
-        base_url=config.base_url,
-        api_key=config.api_key,
-        timeout=config.timeout_s,
-        max_retries=config.max_retries,
-    )
+    return configured_llm(config)
 
 
-def run_crew(crew_spec: CrewSpec[Any], params: Params, config: LLMConfig, observer: RunObserver) -> Report:
-    """Build the job's crew, run it to the end and return its report.
+def run_crew(
+    crew_spec: CrewSpec[Any],
+    params: Params,
+    config: LLMConfig,
+    observer: RunObserver,
+    sources: SourcesConfig | None = None,
+) -> Report:
+    """Gather the job's sources, build its crew, run it to the end and return its gated report.
+
+    With a search backend set, the sources stage (``crews.sources.run``) plans
+    queries, searches and reads pages first; the writers get the numbered
+    excerpts as ``{sources}``, and the citation gate checks the report against
+    the pages read before it is returned.
 
     Usage is handed to ``observer.on_usage`` as calls complete and once more at
     the end, whether the run succeeds or not: tokens spent on a failed, stopped
@@ -156,6 +164,9 @@ def run_crew(crew_spec: CrewSpec[Any], params: Params, config: LLMConfig, observ
     prompts = crew_spec.prompts()
     plan = crew_spec.plan(params)
     llm = build_llm(config, crew_spec, params)
+    prepared = sources_stage.prepare(
+        crew_spec, params, llm, observer, sources or SourcesConfig(), lambda: usage_of(llm, config)
+    )
     max_iter = min(plan.max_iter, config.max_iter)
     agents: dict[str, Agent] = {}
     tasks: list[Task] = []
@@ -196,7 +207,7 @@ def run_crew(crew_spec: CrewSpec[Any], params: Params, config: LLMConfig, observ
             tasks=tasks,
             max_iter=max_iter,
             spans=CrewTracer(llm=llm, model=config.model_name, provider=provider),
-            usage=lambda: usage_of(llm, config),
+            usage=lambda: prepared.usage(usage_of(llm, config)),
             roles={i: prompts.agents[prompts.tasks[key].agent].role for i, key in enumerate(plan.tasks)},
         )
         token = _current.set(tracker)
@@ -204,22 +215,19 @@ def run_crew(crew_spec: CrewSpec[Any], params: Params, config: LLMConfig, observ
         try:
             observer.on_progress(_START_PROGRESS, "crew: starting")
             with stop_points(observer.stop_point):
-                output = crew.kickoff(inputs=crew_spec.inputs(params))
+                output = crew.kickoff(inputs={**crew_spec.inputs(params), **prepared.inputs})
         except BaseException as exc:
             error = exc
             raise
         finally:
             _current.reset(token)
             tracker.spans.finished(error)
-            observer.on_usage(usage_of(llm, config))
+            observer.on_usage(prepared.usage(usage_of(llm, config)))
     draft = output.pydantic if isinstance(output, CrewOutput) else None
     if not isinstance(draft, ReportDraft):
         raise CrewOutputError("the model's final answer did not match the report schema")
-    return Report.build(
-        title=draft.title,
-        summary=draft.summary,
-        sections=[Section(heading=s.heading, body=s.body) for s in draft.sections],
-    )
+    sections = [(s.heading, s.body) for s in draft.sections]
+    return sources_stage.finish(kind, params.language, draft.title, draft.summary, sections, prepared)
 
 
 def usage_of(llm: BaseLLM, config: LLMConfig) -> Usage:
@@ -229,4 +237,5 @@ def usage_of(llm: BaseLLM, config: LLMConfig) -> Usage:
         prompt_tokens=summary.prompt_tokens,
         completion_tokens=summary.completion_tokens,
         model=config.model_name,
+        cost_usd=config.cost_usd(summary.prompt_tokens, summary.completion_tokens),
     )

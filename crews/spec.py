@@ -64,10 +64,20 @@ class Prompts:
         return {field for text in texts for _, field, _, _ in string.Formatter().parse(text) if field}
 
 
+# What the writers are told when no search backend is configured (``{sources}`` in the prompts).
+NO_SOURCES = (
+    "(No sources: no web search was made for this task. Write from your own knowledge, say so plainly in the "
+    "summary, and cite nothing: no [n] citations and no URLs.)"
+)
+
+
 def default_inputs(params: Params) -> dict[str, str]:
     """The job's input fields as text, and the report language spelled out."""
-    inputs: dict[str, Any] = msgspec.structs.asdict(params)
+    inputs: dict[str, Any] = {
+        name: value for name, value in msgspec.structs.asdict(params).items() if name not in params.option_fields
+    }
     inputs["language_name"] = LANGUAGE_NAMES[params.language]
+    inputs["sources"] = NO_SOURCES  # the runner puts the numbered excerpts here when a search backend is set
     return {name: str(value) for name, value in inputs.items()}
 
 

@@ -15,11 +15,13 @@ from typing import Any
 from redis import Redis as SyncRedis
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel as SyncSentinel
+from redis.sentinel import SentinelManagedConnection as SyncSentinelManagedConnection
 
 from jobs.queue import QueueRedis, deserialize, serialize
 from jobs.settings import RedisConfig
@@ -32,6 +34,36 @@ _RETRIES = 3
 
 def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=1.0, base=0.05), _RETRIES)
+
+
+def _demoted(exc: ResponseError) -> bool:
+    """A master that lost its replica refuses writes (``min-replicas-to-write``): during a failover
+    that is the old master, which Sentinel reconfigures seconds later. Like redis-py's own handling
+    of READONLY, the connection is dropped and the command retried, so the master is looked up again
+    through the sentinels; if it still fails, the caller sees a connection error (the API's 503)."""
+    return str(exc).startswith("NOREPLICAS")
+
+
+class _MasterConnection(SentinelManagedConnection):
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if not _demoted(exc):
+                raise
+            await self.disconnect()
+            raise RedisConnectionError(f"the master refused a write during a failover: {exc}") from exc
+
+
+class _SyncMasterConnection(SyncSentinelManagedConnection):
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if not _demoted(exc):
+                raise
+            self.disconnect()  # type: ignore[no-untyped-call]
+            raise RedisConnectionError(f"the master refused a write during a failover: {exc}") from exc
 
 
 def _sentinel_addresses(config: RedisConfig) -> list[tuple[str, int]]:
@@ -68,6 +100,7 @@ def redis_client(config: RedisConfig, *, socket_timeout: float | None = None) ->
             db=config.sentinel_db,
             username=config.sentinel_master_username or None,
             password=config.sentinel_master_password or None,
+            connection_class=_MasterConnection,
             **common,
         )
     else:
@@ -84,6 +117,7 @@ def sync_redis_client(config: RedisConfig, *, timeout_s: float) -> SyncRedis:
             db=config.sentinel_db,
             username=config.sentinel_master_username or None,
             password=config.sentinel_master_password or None,
+            connection_class=_SyncMasterConnection,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
         )

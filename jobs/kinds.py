@@ -32,6 +32,8 @@ class Policy:
     backoff_s: float  # the first retry's backoff; doubles each attempt
     soft_timeout_s: float
     timeout_s: float
+    token_budget: int  # a task's token budget unless it asks for one (max_tokens); 0: none
+    max_tokens_limit: int = 0  # the largest max_tokens a task may ask for; 0: the API's own bound (10,000,000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,9 @@ class Kind:
         return self.crew.params
 
 
-_SPECIALIZED = Policy(rate="5/minute", attempts=3, backoff_s=30, soft_timeout_s=480, timeout_s=600)
+_SPECIALIZED = Policy(
+    rate="5/minute", attempts=3, backoff_s=30, soft_timeout_s=480, timeout_s=600, token_budget=300_000
+)
 
 KINDS: dict[str, Kind] = {
     kind.name: kind
@@ -60,7 +64,7 @@ KINDS: dict[str, Kind] = {
             "research",
             "research",
             RESEARCH,
-            Policy(rate="10/minute", attempts=4, backoff_s=60, soft_timeout_s=780, timeout_s=900),
+            Policy(rate="10/minute", attempts=4, backoff_s=60, soft_timeout_s=780, timeout_s=900, token_budget=600_000),
             "Research a topic with a crew of the chosen type, depth and language",
         ),
         Kind("swot", "swot", "specialized", SWOT, _SPECIALIZED, "A SWOT analysis of a company"),

@@ -30,6 +30,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from crews.sources import events as source_events
 from jobs.kinds import KINDS
 
 _log = logging.getLogger(__name__)
@@ -106,8 +107,14 @@ LLM_CALLS = Counter(
 )
 LLM_TOKENS = Counter(
     "agentfarm_llm_tokens",
-    "LLM tokens used by crews, by type (prompt, completion).",
-    ["model", "type"],
+    "LLM tokens used by crews, by type (prompt, completion), tenant and kind.",
+    ["model", "tenant", "kind", "type"],
+    registry=REGISTRY,
+)
+LLM_COST = Counter(
+    "agentfarm_llm_cost_usd",
+    "What crews' LLM calls cost in US dollars, at the configured prices (AGENTFARM_LLM_PRICE_*_PER_MTOK).",
+    ["model", "tenant", "kind"],
     registry=REGISTRY,
 )
 LLM_ERRORS = Counter(
@@ -134,6 +141,42 @@ WEBHOOK_LATENCY = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     registry=REGISTRY,
 )
+SOURCE_SEARCHES = Counter(
+    "agentfarm_source_searches",
+    "Search backend queries of the sources stage, by backend and outcome (ok, empty: no results, error).",
+    ["backend", "outcome"],
+    registry=REGISTRY,
+)
+SOURCE_FETCH_ERRORS = Counter(
+    "agentfarm_source_fetch_errors",
+    "Pages of search results that could not be read, by reason (refused address, timeout, too_large, ...).",
+    ["reason"],
+    registry=REGISTRY,
+)
+CITATIONS_REMOVED = Counter(
+    "agentfarm_citations_removed",
+    "Citations the citation gate removed from reports (ids and URLs of pages the task did not read).",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+
+def _source_search(backend: str, outcome: str) -> None:
+    SOURCE_SEARCHES.labels(backend=backend, outcome=outcome).inc()
+
+
+def _source_fetch_error(reason: str) -> None:
+    SOURCE_FETCH_ERRORS.labels(reason=reason).inc()
+
+
+def _citations_removed(kind: str, count: int) -> None:
+    CITATIONS_REMOVED.labels(kind=kind).inc(count)
+
+
+# crews must not import jobs: the sources stage reports through its listeners.
+source_events.LISTENERS.search.append(_source_search)
+source_events.LISTENERS.fetch_error.append(_source_fetch_error)
+source_events.LISTENERS.citations_removed.append(_citations_removed)
 
 
 class RedisQueueCollector(Collector):
@@ -190,6 +233,7 @@ def _preinitialise(kinds: Iterable[str]) -> None:
         TASK_RETRIES.labels(kind=kind)
         for status in OUTCOMES:
             TASKS_FINISHED.labels(kind=kind, status=status)
+        CITATIONS_REMOVED.labels(kind=kind)
     for result in ("ok", "error"):
         WEBHOOK_ATTEMPTS.labels(result=result)
     for outcome in ("delivered", "failed"):
@@ -240,14 +284,25 @@ def task_finished(kind: str, status: TaskOutcome, duration_s: float) -> None:
     TASK_DURATION.labels(kind=kind, status=status).observe(max(0.0, duration_s))
 
 
-def llm_usage(model: str, kind: str, *, calls: int, prompt_tokens: int, completion_tokens: int) -> None:
-    """Add one task's LLM usage (from its ``Usage``) to the counters."""
+def llm_usage(
+    model: str,
+    kind: str,
+    tenant: str,
+    *,
+    calls: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_usd: float | None = None,
+) -> None:
+    """Add what one task spent since its last report (from its ``Usage``) to the counters."""
     if calls > 0:
         LLM_CALLS.labels(model=model, kind=kind).inc(calls)
     tokens: tuple[tuple[TokenType, int], ...] = (("prompt", prompt_tokens), ("completion", completion_tokens))
     for token_type, count in tokens:
         if count > 0:
-            LLM_TOKENS.labels(model=model, type=token_type).inc(count)
+            LLM_TOKENS.labels(model=model, tenant=tenant, kind=kind, type=token_type).inc(count)
+    if cost_usd:
+        LLM_COST.labels(model=model, tenant=tenant, kind=kind).inc(cost_usd)
 
 
 def webhook_attempt(*, ok: bool, final: bool, duration_s: float) -> None:

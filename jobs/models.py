@@ -24,8 +24,9 @@ Reason = Literal[
     "completed",
     "error",  # the crew failed: permanent, or transient with no attempts left
     "timeout",  # the kind's time limit
+    "budget_exceeded",  # the next LLM call would have spent more tokens than the task's budget
     "attempts_exhausted",  # started max_attempts times without finishing (its workers kept dying)
-    "enqueue_failed",  # the queue refused the job at submit
+    "enqueue_failed",  # no longer set (a task and its job are stored in one MULTI); older stored tasks still decode
     "retry_scheduled",  # transient failure, attempts left: runs again after a backoff
     "lease_lapsed",  # its worker stopped responding: back on the queue for any worker
     "worker_shutdown",  # handed back by a worker shutting down
@@ -40,8 +41,8 @@ TRANSITIONS: dict[tuple[Status, Status], frozenset[Reason]] = {
     ("retrying", "running"): frozenset({"started"}),
     ("running", "running"): frozenset({"taken_over"}),
     ("running", "completed"): frozenset({"completed"}),
-    ("running", "failed"): frozenset({"error", "timeout", "attempts_exhausted"}),
-    ("queued", "failed"): frozenset({"attempts_exhausted", "enqueue_failed"}),
+    ("running", "failed"): frozenset({"error", "timeout", "budget_exceeded", "attempts_exhausted"}),
+    ("queued", "failed"): frozenset({"attempts_exhausted"}),
     ("retrying", "failed"): frozenset({"attempts_exhausted"}),
     ("running", "retrying"): frozenset({"retry_scheduled"}),
     ("running", "queued"): frozenset({"lease_lapsed", "worker_shutdown"}),
@@ -95,7 +96,9 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     finished_at: datetime | None = None
     result: Report | None = None
     error: TaskError | None = None
-    usage: Usage = msgspec.field(default_factory=Usage)
+    usage: Usage = msgspec.field(default_factory=Usage)  # the current (or last) attempt's
+    usage_before: Usage = msgspec.field(default_factory=Usage)  # every earlier attempt's, summed
+    max_tokens: int = 0  # the token budget over all attempts (0: none)
     trace_id: str | None = None
     # Execution bookkeeping. run_token fences writes: only the execution holding the
     # current token may change a running task, so a superseded run can never
@@ -107,6 +110,11 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
     traceparent: str | None = None
     # Where the finished task is POSTed (jobs/webhooks.py); not part of the crew's input.
     webhook_url: str | None = None
+
+    @property
+    def usage_total(self) -> Usage:
+        """What every attempt of this task spent together: its bill, and what its budget counts."""
+        return self.usage_before.plus(self.usage) if self.usage_before.llm_calls else self.usage
 
     @property
     def finished(self) -> bool:
@@ -146,6 +154,7 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
             stage="starting",
             started_at=self.started_at or utcnow(),
             usage=Usage(),  # usage is the current run's: a result and the tokens that produced it
+            usage_before=self.usage_total,
         )
 
     def requeued(self, job_id: str) -> Task:

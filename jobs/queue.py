@@ -24,28 +24,43 @@ What we do not use, and why:
   worker drains itself and then asks each ``Worker`` to stop (``stop_picking``,
   ``cancel_running``).
 - **arq's result keys** (``keep_result=0``): the task record is the result.
+- **arq's polling loop.** arq finds jobs by ``ZRANGEBYSCORE`` every ``poll_delay``
+  (20 commands/s per idle worker at 50 ms, and up to 50 ms of pickup latency).
+  ``PushWorker`` keeps arq's poll iteration (``_poll_iteration``: the read,
+  the in-progress claim, the job start) but runs it only when there may be
+  work: when an enqueue wakes it (every enqueue here ``PUBLISH``es on the
+  queue's wake channel, in the same MULTI as the job), when one of its jobs
+  ends (a slot is free), when a job it deferred (``RetryLater``) is due, and
+  otherwise every ``_IDLE_POLL_S`` as a backstop (a wake-up lost with a
+  dropped connection, a job deferred by another worker).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import structlog
 from arq import Retry, Worker, func
 
-__all__ = ["QueueRedis", "RetryLater", "Worker"]
+__all__ = ["PushWorker", "QueueRedis", "RetryLater", "Worker"]
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import serialize_job
 from arq.typing import WorkerCoroutine
 from arq.utils import timestamp_ms
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from jobs.kinds import KINDS, QUEUES, Queue
 from jobs.models import Task
+
+log = structlog.get_logger(__name__)
 
 JOB_FUNCTION = "run_task"
 WEBHOOK_FUNCTION = "deliver_webhook"
@@ -59,6 +74,10 @@ RetryLater = Retry
 
 # arq's own try counter must never end a task: attempts are counted on the task itself.
 _ARQ_MAX_TRIES = 10_000
+# How long a task's arq job lives (arq's own default for enqueue_job: expires_extra_ms, one day).
+_TASK_JOB_TTL_S = 86_400
+# An idle worker's backstop poll when nothing woke it: 1 command every 2 s, plus the wait itself.
+_IDLE_POLL_S = 2.0
 
 # Jobs carry only the task id; msgpack keeps pickle out of the queue.
 serialize = msgspec.msgpack.encode
@@ -67,6 +86,11 @@ deserialize = msgspec.msgpack.decode
 
 def queue_key(queue: Queue) -> str:
     return f"agentfarm:queue:{queue}"
+
+
+def wake_channel(queue_name: str) -> str:
+    """The channel an enqueue publishes on to wake the idle workers of a queue (by its arq queue name)."""
+    return f"{queue_name}:wake"
 
 
 def workers_key(queue: Queue) -> str:
@@ -85,6 +109,17 @@ async def enqueue(pool: QueueRedis, task: Task) -> None:
     job = await pool.enqueue_job(JOB_FUNCTION, task.id, _job_id=job_id, _queue_name=queue_key(queue))
     if job is None:
         raise EnqueueFailed(f"a job with id {job_id} already exists")
+    await pool.publish(wake_channel(queue_key(queue)), job_id)
+
+
+def enqueue_new_in(pipe: Pipeline, task: Task) -> None:
+    """Queue a new task's job (its id is the fresh task id) inside the caller's MULTI, with the task's state.
+
+    One round trip for the state and the job, and all or nothing: no task claims to be queued without its
+    job. No duplicate check is needed (``enqueue`` refuses a taken id; a new task's id is a fresh uuid4).
+    """
+    job_id = task.job_id or task.id
+    enqueue_in(pipe, JOB_FUNCTION, (task.id,), job_id=job_id, queue=KINDS[task.kind].queue, ttl_s=_TASK_JOB_TTL_S)
 
 
 def enqueue_in(pipe: Pipeline, function: str, args: tuple[str, ...], *, job_id: str, queue: Queue, ttl_s: int) -> None:
@@ -98,6 +133,7 @@ def enqueue_in(pipe: Pipeline, function: str, args: tuple[str, ...], *, job_id: 
     job = serialize_job(function, args, {}, None, now, serializer=serialize)
     pipe.psetex(job_key_prefix + job_id, ttl_s * 1000, job)
     pipe.zadd(queue_key(queue), {job_id: now})
+    pipe.publish(wake_channel(queue_key(queue)), job_id)
 
 
 async def make_runnable(pool: QueueRedis, task: Task) -> str | None:
@@ -114,10 +150,12 @@ async def make_runnable(pool: QueueRedis, task: Task) -> str | None:
         async with pool.pipeline(transaction=True) as pipe:
             pipe.delete(in_progress_key_prefix + job_id)
             pipe.zadd(queue, {job_id: int(time.time() * 1000)})
+            pipe.publish(wake_channel(queue), job_id)
             await pipe.execute()
         return None
     new_job_id = f"{task.id}:{int(time.time() * 1000)}"
     await pool.enqueue_job(JOB_FUNCTION, task.id, _job_id=new_job_id, _queue_name=queue)
+    await pool.publish(wake_channel(queue), new_job_id)
     return new_job_id
 
 
@@ -136,6 +174,92 @@ async def queue_snapshot(pool: QueueRedis, heartbeat_s: float) -> dict[str, tupl
     return {q: (await queue_depth(pool, q), await live_workers(pool, q, heartbeat_s)) for q in QUEUES}
 
 
+class _Deferrals:
+    """When the earliest job a worker's functions deferred (``RetryLater``) is due, on the monotonic clock."""
+
+    def __init__(self) -> None:
+        self.due = math.inf
+
+    def wrap(self, job: WorkerCoroutine) -> WorkerCoroutine:
+        async def noting_deferrals(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await job(ctx, *args, **kwargs)
+            except Retry as retry:
+                # arq re-scores the job at (its clock once this returns) + defer: be due just after that.
+                self.due = min(self.due, time.monotonic() + (retry.defer_score or 0) / 1000 + 0.01)
+                raise
+
+        noting_deferrals.__qualname__ = noting_deferrals.__name__ = getattr(job, "__name__", "job")
+        return noting_deferrals
+
+
+class PushWorker(Worker):
+    """arq's ``Worker`` that waits to be woken instead of polling every ``poll_delay`` (the module's docstring).
+
+    Each pass is arq's own ``_poll_iteration``; between passes the worker sleeps until an enqueue publishes on
+    the queue's wake channel, one of its jobs ends, a job it deferred is due, or ``_IDLE_POLL_S`` passes.
+    """
+
+    def __init__(self, *args: Any, deferrals: _Deferrals, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferrals = deferrals
+        self._woken = asyncio.Event()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._woken.set()  # a slot is free: take the next waiting job now
+
+    async def main(self) -> None:
+        # arq's Worker.main, but for its loop; the pool is always given (make_worker), never created here.
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        listener = asyncio.ensure_future(self._listen())
+        try:
+            while True:
+                self._woken.clear()
+                await self._poll_iteration()
+                if self.burst:
+                    if 0 <= self.max_burst_jobs <= self._jobs_started():
+                        await asyncio.gather(*self.tasks.values())
+                        return
+                    if await self.pool.zcard(self.queue_name) == 0:
+                        await asyncio.gather(*self.tasks.values())
+                        return
+                await self._sleep()
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+
+    async def _sleep(self) -> None:
+        timeout = _IDLE_POLL_S
+        if self.burst:
+            timeout = min(timeout, self.poll_delay_s)  # burst runs (tests, one-offs) end as soon as arq's would
+        due = self._deferrals.due
+        if due < math.inf:
+            timeout = min(timeout, max(0.0, due - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), timeout)
+        if self._deferrals.due <= time.monotonic():
+            self._deferrals.due = math.inf  # the pass that follows takes it
+
+    async def _listen(self) -> None:
+        """Set ``_woken`` on every message of the queue's wake channel, for as long as the worker runs."""
+        while True:
+            pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(wake_channel(self.queue_name))
+                self._woken.set()  # (re)subscribed: a wake-up may have been missed meanwhile
+                async for _ in pubsub.listen():
+                    self._woken.set()
+            except (RedisError, OSError) as exc:
+                log.warning("queue_wake_channel_lost", queue=self.queue_name, error=str(exc), retry_in_s=1)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(1)  # the backstop poll goes on meanwhile
+
+
 def make_worker(
     pool: QueueRedis,
     queue: Queue,
@@ -152,10 +276,15 @@ def make_worker(
 
     Signals are the caller's.
     """
-    functions = [func(job, name=JOB_FUNCTION, timeout=job_timeout_s, max_tries=_ARQ_MAX_TRIES)]
+    deferrals = _Deferrals()
+    functions = [func(deferrals.wrap(job), name=JOB_FUNCTION, timeout=job_timeout_s, max_tries=_ARQ_MAX_TRIES)]
     if deliver is not None:
-        functions.append(func(deliver, name=WEBHOOK_FUNCTION, timeout=_WEBHOOK_JOB_TIMEOUT_S, max_tries=_ARQ_MAX_TRIES))
-    return Worker(
+        deliveries = deferrals.wrap(deliver)
+        functions.append(
+            func(deliveries, name=WEBHOOK_FUNCTION, timeout=_WEBHOOK_JOB_TIMEOUT_S, max_tries=_ARQ_MAX_TRIES)
+        )
+    return PushWorker(
+        deferrals=deferrals,
         functions=functions,
         queue_name=queue_key(queue),
         redis_pool=pool,

@@ -31,6 +31,7 @@ from dotenv import dotenv_values
 
 from crews.checked import Checked
 from crews.llm import LLMConfig
+from crews.sources.config import FetchConfig, SearchConfig, SourcesConfig
 from jobs.kinds import KINDS, Policy
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
@@ -219,6 +220,10 @@ class KindPolicy(Checked, frozen=True, kw_only=True):
     retry_backoff_s: Seconds
     soft_timeout_s: Seconds
     timeout_s: Seconds
+    # Tokens (prompt + completion, all attempts) a task may spend unless it asks for max_tokens; 0: no budget.
+    token_budget: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] = 0
+    # The largest max_tokens a task may ask for; 0: up to the API's own bound (10,000,000).
+    max_tokens_limit: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0
 
     def __post_init__(self) -> None:
         if self.soft_timeout_s > self.timeout_s:
@@ -233,6 +238,8 @@ class KindPolicy(Checked, frozen=True, kw_only=True):
             retry_backoff_s=policy.backoff_s,
             soft_timeout_s=policy.soft_timeout_s,
             timeout_s=policy.timeout_s,
+            token_budget=policy.token_budget,
+            max_tokens_limit=policy.max_tokens_limit,
         )
 
 
@@ -245,6 +252,8 @@ class Settings(Checked, frozen=True, kw_only=True):
     worker: WorkerConfig = WorkerConfig()
     log: LogConfig = LogConfig()
     webhook: WebhookConfig = WebhookConfig()
+    search: SearchConfig = SearchConfig()
+    fetch: FetchConfig = FetchConfig()
     task_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=10**8)] = 86_400
     kinds: dict[str, KindPolicy] = msgspec.field(
         default_factory=lambda: {name: KindPolicy.of(kind.policy) for name, kind in KINDS.items()}
@@ -252,6 +261,11 @@ class Settings(Checked, frozen=True, kw_only=True):
 
     def policy(self, kind: str) -> KindPolicy:
         return self.kinds[kind]
+
+    @property
+    def sources(self) -> SourcesConfig:
+        """What the sources stage of a crew's run needs: the search backend and how pages are read."""
+        return SourcesConfig(search=self.search, fetch=self.fetch)
 
 
 # The sections read from the environment, each with the prefix of its variables.
@@ -262,6 +276,8 @@ _SECTIONS: dict[str, tuple[type[msgspec.Struct], str]] = {
     "worker": (WorkerConfig, "AGENTFARM_WORKER_"),
     "log": (LogConfig, "AGENTFARM_LOG_"),
     "webhook": (WebhookConfig, "AGENTFARM_WEBHOOK_"),
+    "search": (SearchConfig, "AGENTFARM_SEARCH_"),
+    "fetch": (FetchConfig, "AGENTFARM_FETCH_"),
 }
 
 

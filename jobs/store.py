@@ -82,7 +82,9 @@ class TaskStore:
         self.redis = redis
         self.ttl_s = ttl_s
 
-    async def create(self, task: Task) -> None:
+    async def create(self, task: Task, also: Callable[[Pipeline], None] | None = None) -> None:
+        """Write a new task, its first event and its index entry in one MULTI; ``also`` adds to that MULTI
+        (the submit path queues the task's job there: one round trip, all or nothing)."""
         score = task.created_at.timestamp() * 1000
         index = tenant_index_key(task.tenant)
         first = events.created(task)
@@ -95,6 +97,8 @@ class TaskStore:
             # Tasks expire with their key; drop index entries older than any live task.
             pipe.zremrangebyscore(index, "-inf", (time.time() - self.ttl_s) * 1000)
             pipe.expire(index, self.ttl_s)
+            if also is not None:
+                also(pipe)
             await pipe.execute()
 
     async def get(self, task_id: str) -> Task | None:

@@ -29,7 +29,9 @@ class TaskState(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: datetime | None
     updated_at: datetime
     error: TaskError | None
-    usage: Usage
+    usage: Usage  # the current (or last) attempt's
+    usage_total: Usage  # every attempt's together
+    max_tokens: int  # the token budget (prompt + completion, all attempts); 0: none
     trace_id: str | None
     webhook_url: str | None = None
 

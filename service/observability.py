@@ -20,6 +20,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryPlugin as LitestarOpenTe
 from litestar.plugins.opentelemetry.middleware import OpenTelemetryInstrumentationMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
+from opentelemetry.trace import Span
 from prometheus_client import REGISTRY as HTTP_REGISTRY
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
@@ -112,11 +113,26 @@ class OpenTelemetryPlugin(LitestarOpenTelemetryPlugin):
         return DefineMiddleware(_ObservedTelemetryMiddleware, config=self.config)
 
 
+def _without_query(span: Span, _scope: dict[str, Any]) -> None:
+    """Server spans record the URL without its query string: a client may have put a credential
+    there (``?api_key=...``), and the instrumentation copies the full URL into ``http.url``."""
+    attributes = getattr(span, "attributes", None) or {}
+    for name in ("http.url", "url.full"):
+        url = attributes.get(name)
+        if isinstance(url, str) and "?" in url:
+            span.set_attribute(name, url.split("?", 1)[0])
+    if attributes.get("url.query"):
+        span.set_attribute("url.query", "")
+
+
 def tracing_plugin() -> OpenTelemetryPlugin:
     """Tracing, metrics and the access log of every HTTP request, around the whole application."""
     return OpenTelemetryPlugin(
         OpenTelemetryConfig(
-            exclude=_UNOBSERVED, exclude_spans=["receive", "send"], scope_span_details_extractor=route_span_details
+            exclude=_UNOBSERVED,
+            exclude_spans=["receive", "send"],
+            scope_span_details_extractor=route_span_details,
+            server_request_hook_handler=_without_query,
         )
     )
 

@@ -11,19 +11,17 @@ import structlog
 from crews import netguard
 from crews.params import Params
 from jobs import idempotency, metrics
-from jobs.models import Task, TaskError, utcnow
-from jobs.queue import QueueRedis, enqueue
+from jobs.models import Task, utcnow
+from jobs.queue import QueueRedis, enqueue_new_in
 from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings
 from jobs.store import TaskStore
 from jobs.telemetry import current_trace_id, inject_traceparent
 from service.auth import Caller
-from service.errors import Conflict, DependencyDown, InvalidInput, RateLimited, Unprocessable
+from service.errors import Conflict, InvalidInput, RateLimited, Unprocessable
 from service.schemas import FieldProblem
 
 log = structlog.get_logger(__name__)
-
-_ENQUEUE_FAILED = TaskError(type="enqueue_failed", message="the queue did not accept the task; submit it again")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +47,7 @@ class Submitter:
                 return Submitted(replay, replayed=True)
         try:
             await self._check_webhook(params, caller)
+            self._check_budget(kind, params)
             await self._check_rate(kind, caller)
             task = await self._create(kind, params, caller, task_id)
         except BaseException:
@@ -89,6 +88,13 @@ class Submitter:
             message = f"not a public http(s) address: {refused.reason}"
             raise Unprocessable(f"webhook_url: {message}", errors=[_webhook_problem(message)]) from None
 
+    def _check_budget(self, kind: str, params: Params) -> None:
+        limit = self.settings.policy(kind).max_tokens_limit
+        if params.max_tokens is not None and limit and params.max_tokens > limit:
+            message = f"at most {limit} for {kind} tasks (AGENTFARM_{kind.upper()}_MAX_TOKENS_LIMIT)"
+            problem = FieldProblem(field="max_tokens", message=message, source="body")
+            raise Unprocessable(f"max_tokens: {message}", errors=[problem])
+
     async def _check_rate(self, kind: str, caller: Caller) -> None:
         limit = caller.rate_limit or self.settings.policy(kind).rate_limit
         decision = await self.limiter.hit(f"submit:{caller.tenant}:{kind}", limit)
@@ -106,6 +112,7 @@ class Submitter:
             tenant=caller.tenant,
             params={k: v for k, v in msgspec.structs.asdict(params).items() if k != "webhook_url"},
             webhook_url=params.webhook_url,
+            max_tokens=params.max_tokens or self.settings.policy(kind).token_budget,
             max_attempts=self.settings.policy(kind).max_attempts,
             created_at=now,
             updated_at=now,
@@ -113,13 +120,8 @@ class Submitter:
             trace_id=current_trace_id(),
             traceparent=inject_traceparent(),
         )
-        await self.store.create(task)
-        try:
-            await enqueue(self.queue, task)
-        except Exception as exc:
-            # Never leave a task that claims to be queued but is not.
-            await self.store.update(task.id, lambda t: t.to("failed", "enqueue_failed", error=_ENQUEUE_FAILED))
-            raise DependencyDown("the task could not be queued; it was marked failed, submit it again") from exc
+        # The task, its first event and its job in one MULTI: never a task that claims to be queued but is not.
+        await self.store.create(task, also=lambda pipe: enqueue_new_in(pipe, task))
         metrics.TASKS_SUBMITTED.labels(kind=kind).inc()
         return task
 

@@ -19,7 +19,9 @@ from jobs.kinds import KINDS
 from jobs.settings import Settings, load_settings
 from service.app import create_app
 from tests.support.llm_server import ScriptedLLM
+from tests.support.page_server import PageServer
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.search_server import SearchServer
 
 if TYPE_CHECKING:
     from tests.support.cluster import Cluster
@@ -41,6 +43,22 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def llm_server() -> Iterator[ScriptedLLM]:
     server = ScriptedLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def search_server() -> Iterator[SearchServer]:
+    """A stub SearXNG on loopback (``AGENTFARM_SEARCH_URL``)."""
+    server = SearchServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def page_server() -> Iterator[PageServer]:
+    """A stub web server with saved articles on loopback (readable with ``AGENTFARM_FETCH_ALLOW_PRIVATE``)."""
+    server = PageServer()
     yield server
     server.close()
 

@@ -21,7 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
-from crews.control import CrewStopped
+from crews.control import BudgetExceeded, CrewStopped
 from crews.runner import run_crew
 from jobs import dlq, metrics
 from jobs.kinds import KINDS
@@ -76,6 +76,7 @@ async def _run(runtime: WorkerRuntime, task_id: str, job_id: str) -> None:
         )
         await dlq.add(runtime.redis, task_id)
         metrics.task_finished(task.kind, "failed", 0.0)
+        log.warning("task_finished", status="failed", error_type="attempts_exhausted", attempts=task.attempt)
         return
     parent = extract_context(task.traceparent)
     queued_s = max(0.0, time.time() - task.updated_at.timestamp()) if task.status == "queued" else None
@@ -128,7 +129,7 @@ async def _run_execution(runtime: WorkerRuntime, task: Task, job_id: str, queued
         structlog.contextvars.bind_contextvars(attempt=started.attempt)
         log.info("task_started", queued_s=round(queued_s or 0.0, 3), worker_id=runtime.worker_id)
         began = time.monotonic()
-        observer = ExecutionObserver(runtime, execution, task.kind)
+        observer = ExecutionObserver(runtime, execution, started)
         outcome = await _execute(runtime, execution, started, observer)
         await observer.flush()
         await settle(runtime, execution, started, outcome, observer, time.monotonic() - began)
@@ -156,7 +157,14 @@ async def _execute(runtime: WorkerRuntime, execution: Execution, task: Task, obs
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
     future: asyncio.Future[Any] = loop.run_in_executor(
-        runtime.pool, context.run, run_crew, KINDS[task.kind].crew, params, runtime.settings.llm, observer
+        runtime.pool,
+        context.run,
+        run_crew,
+        KINDS[task.kind].crew,
+        params,
+        runtime.settings.llm,
+        observer,
+        runtime.settings.sources,
     )
     stop_waiter: asyncio.Future[Any] = asyncio.ensure_future(execution.stopped.wait())
     began = time.monotonic()
@@ -185,6 +193,8 @@ async def _execute(runtime: WorkerRuntime, execution: Execution, task: Task, obs
 def _outcome(future: asyncio.Future[Any]) -> Outcome:
     try:
         return Outcome(report=future.result())
+    except BudgetExceeded as over:
+        return Outcome(error=over)  # not a stop from outside: the task fails, with its usage
     except CrewStopped as stopped:
         return Outcome(stopped=stopped.reason)
     except Exception as exc:  # noqa: BLE001 - every crew failure is classified, none is lost

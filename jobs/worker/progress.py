@@ -16,6 +16,7 @@ from collections.abc import Callable
 import structlog
 from redis.exceptions import RedisError
 
+from crews.control import BudgetExceeded
 from crews.results import Usage
 from jobs import metrics
 from jobs.models import Task
@@ -30,10 +31,14 @@ log = structlog.get_logger(__name__)
 class ExecutionObserver:
     """The crew's ``RunObserver``: stop points and the LLM rate limit before calls, progress and usage after."""
 
-    def __init__(self, runtime: WorkerRuntime, execution: Execution, kind: str) -> None:
+    def __init__(self, runtime: WorkerRuntime, execution: Execution, task: Task) -> None:
         self._runtime = runtime
         self._execution = execution
-        self._kind = kind
+        self._kind = task.kind
+        self._tenant = task.tenant
+        self._budget = task.max_tokens  # over all attempts; 0: none
+        self._spent_before = task.usage_before.tokens  # by the task's earlier attempts
+        self._largest_call = 0  # tokens of this run's largest call so far: the bound on the next one
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._pending: tuple[int, str] | None = None
@@ -46,11 +51,26 @@ class ExecutionObserver:
 
     def before_llm_call(self) -> None:
         self.stop_point()
+        self._check_budget()
         llm = self._runtime.settings.llm
         if llm.rpm:
             wait_for_llm_slot(self._runtime.llm_limiter, llm.model_name, llm.rpm, self.stop_point)
 
+    def _check_budget(self) -> None:
+        """No call that could take the task past its budget: spent so far plus the largest call yet."""
+        if not self._budget:
+            return
+        with self._lock:
+            spent = self._spent_before + self.usage.tokens
+            bound = self._largest_call
+        if spent >= self._budget or spent + bound > self._budget:
+            raise BudgetExceeded(spent, self._budget)
+
     def on_progress(self, progress: int, stage: str) -> None:
+        if self._budget:
+            with self._lock:
+                spent = self._spent_before + self.usage.tokens
+            stage = f"{stage} ({spent:,} of {self._budget:,} tokens)"
         with self._lock:
             self._pending = (progress, stage)
         self._wake_writer()
@@ -62,13 +82,17 @@ class ExecutionObserver:
                 return
             spent = usage.minus(self.usage)
             self.usage = usage
+            if spent.llm_calls:
+                self._largest_call = max(self._largest_call, -(-spent.tokens // spent.llm_calls))
             self._pending_usage = usage
         metrics.llm_usage(
             usage.model or self._runtime.settings.llm.model_name,
             self._kind,
+            self._tenant,
             calls=spent.llm_calls,
             prompt_tokens=spent.prompt_tokens,
             completion_tokens=spent.completion_tokens,
+            cost_usd=spent.cost_usd,
         )
         # While the run goes on, the next progress write (before the next call) or the final write
         # carries it; once stopped, nothing else will: write it now.

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from redis.exceptions import RedisError
 
-from crews.control import StopReason
+from crews.control import BudgetExceeded, StopReason
 from crews.failures import Failure, classify
 from crews.results import Report, Usage, latest
 from jobs import dlq, metrics
@@ -139,6 +139,11 @@ async def settle(
             await _stopped(runtime, execution, observer, reason, fields)
         return
     assert outcome.error is not None
+    if isinstance(outcome.error, BudgetExceeded):
+        error = TaskError(type="budget_exceeded", message=str(outcome.error))
+        await _fail(runtime, execution, error, "budget_exceeded", usage_of, task.kind, duration_s)
+        log.warning("task_finished", status="failed", error_type=error.type, budget=outcome.error.budget, **fields())
+        return
     failure = classify(outcome.error)
     metrics.LLM_ERRORS.labels(
         model=observer.usage.model or runtime.settings.llm.model_name, error_type=failure.type
@@ -196,7 +201,7 @@ async def _fail(
     runtime: WorkerRuntime,
     execution: Execution,
     error: TaskError,
-    reason: Literal["error", "timeout"],
+    reason: Literal["error", "timeout", "budget_exceeded"],
     usage_of: Callable[[Task], Usage],
     kind: str,
     duration_s: float,

@@ -48,6 +48,7 @@ COUNTERS = {
     "agentfarm_task_retries_total",
     "agentfarm_llm_calls_total",
     "agentfarm_llm_tokens_total",
+    "agentfarm_llm_cost_usd_total",
     "agentfarm_llm_errors_total",
 }
 GAUGES = {"agentfarm_queue_depth", "agentfarm_workers_live"}
@@ -129,6 +130,14 @@ def unknown_metrics(names: set[str]) -> set[str]:
         if base not in HISTOGRAMS:
             bad.add(name)
     return bad
+
+
+def scrape_targets(job: dict[str, Any]) -> set[str]:
+    """`host:port` of a scrape job: static targets, and the names x port of DNS discovery."""
+    targets = {t for sc in job.get("static_configs", []) for t in sc["targets"]}
+    for sd in job.get("dns_sd_configs", []):
+        targets |= {f"{name}:{sd['port']}" for name in sd["names"]}
+    return targets
 
 
 def compose_services() -> dict[str, Any]:
@@ -344,31 +353,36 @@ class TestPrometheus:
         assert result.returncode == 0, result.stdout + result.stderr
 
     def test_scrape_jobs_cover_api_and_workers(self) -> None:
-        """Prometheus scrapes the API and both worker containers."""
+        """Prometheus scrapes the API and both worker pools, each replica of a scaled pool
+        (DNS discovery: compose answers a service name with every replica's address)."""
         jobs = {j["job_name"]: j for j in load_yaml(PROM_CONFIG)["scrape_configs"]}
-        targets = {name: {t for sc in job["static_configs"] for t in sc["targets"]} for name, job in jobs.items()}
+        targets = {name: scrape_targets(job) for name, job in jobs.items()}
         assert targets["agentfarm-api"] == {"api:8000"}
         assert targets["agentfarm-worker"] == {"worker-research:9100", "worker-specialized:9100"}
+        for name in ("agentfarm-api", "agentfarm-worker"):
+            assert jobs[name]["dns_sd_configs"][0]["type"] == "A", name
+        # worker-research -> worker_queue="research", as the alerts and their tests expect
+        relabel = jobs["agentfarm-worker"]["relabel_configs"][0]
+        assert relabel["target_label"] == "worker_queue"
+        assert re.fullmatch(relabel["regex"], "worker-research").group(1) == "research"
         assert load_yaml(PROM_CONFIG)["rule_files"] == [ALERTS.name]
 
     def test_scrape_targets_are_compose_services(self) -> None:
         """Every scrape target host is a compose service (or Prometheus itself)."""
         services = compose_services()
         for job in load_yaml(PROM_CONFIG)["scrape_configs"]:
-            for sc in job["static_configs"]:
-                for target in sc["targets"]:
-                    host, _ = host_port(target)
-                    assert host in services or host == "localhost", f"{job['job_name']}: {target}"
+            for target in scrape_targets(job):
+                host, _ = host_port(target)
+                assert host in services or host == "localhost", f"{job['job_name']}: {target}"
 
     def test_worker_scrape_port_matches_worker_metrics_port(self) -> None:
         """Workers serve /metrics on the port Prometheus scrapes."""
         services = compose_services()
         jobs = {j["job_name"]: j for j in load_yaml(PROM_CONFIG)["scrape_configs"]}
-        for sc in jobs["agentfarm-worker"]["static_configs"]:
-            for target in sc["targets"]:
-                host, port = host_port(target)
-                env = service_env(services[host])
-                assert str(env.get("AGENTFARM_WORKER_METRICS_PORT", "9100")) == str(port)
+        for target in scrape_targets(jobs["agentfarm-worker"]):
+            host, port = host_port(target)
+            env = service_env(services[host])
+            assert str(env.get("AGENTFARM_WORKER_METRICS_PORT", "9100")) == str(port)
 
     def test_every_alert_has_severity_and_runbook_annotations(self) -> None:
         """On-call gets a severity, a summary and a description with a runbook hint."""
@@ -582,13 +596,16 @@ class TestCompose:
                 assert re.search(r"\d", tag), f"{name}: tag {tag} is not a version"
 
     def test_app_services_use_the_containerfile(self, compose: dict[str, Any]) -> None:
-        """api and workers run the image built from Containerfile, under one tag."""
-        images = set()
+        """api and workers run images built from Containerfile: the api target, and one worker
+        image (the worker target) for both pools, all under one tag."""
+        images = {}
         for name in APP_SERVICES:
             svc = compose["services"][name]
             assert svc["build"]["dockerfile"] == CONTAINERFILE.name
-            images.add(svc["image"])
-        assert len(images) == 1
+            assert svc["build"]["target"] == ("api" if name == "api" else "worker"), name
+            images[name] = svc["image"]
+        assert images["api"] == "agentfarm-api:${IMAGE_TAG:-dev}"
+        assert {images[w] for w in WORKERS} == {"agentfarm-worker:${IMAGE_TAG:-dev}"}
 
     def test_depends_on_targets_exist(self, compose: dict[str, Any]) -> None:
         """Every depends_on names a real service."""
@@ -701,32 +718,41 @@ class TestContainerfile:
         return [ln.split(None, 1)[1] for ln in lines if ln.split(None, 1)[0].upper() == name]
 
     def test_base_images(self, lines: list[str]) -> None:
-        """Both stages use the pinned python:3.11-slim-bookworm base."""
-        froms = self.instructions(lines, "FROM")
-        assert len(froms) == 2
-        assert all(f.split()[0] == "python:3.11-slim-bookworm" for f in froms)
+        """One pinned python:3.11 slim-bookworm base (by digest); every other stage builds on a stage."""
+        froms = [f.split() for f in self.instructions(lines, "FROM")]
+        stages = {f[2] for f in froms if len(f) == 3}
+        external = [f[0] for f in froms if f[0] not in stages]
+        assert len(external) == 1
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", external[0]), external
+        assert {"builder", "build-api", "build-worker", "runtime", "api", "worker"} <= stages
+        assert froms[-1][2] == "api"  # a plain `docker build` gives the API image, as before
 
     def test_dependencies_install_from_hashed_lock(self, lines: list[str]) -> None:
-        """The image installs exactly the locked, hash-verified dependencies."""
+        """The images install exactly the locked, hash-verified dependencies (uv too), then the project."""
         runs = " ".join(self.instructions(lines, "RUN"))
-        assert "uv pip install --system --require-hashes -r requirements.lock" in runs
-        assert "uv pip install --system --no-deps ." in runs
+        assert "pip install --no-deps --require-hashes -r /tmp/uv.txt" in runs
+        assert "uv pip install --python /opt/venv/bin/python --require-hashes -r requirements-api.lock" in runs
+        assert "uv pip install --python /opt/venv/bin/python --require-hashes -r requirements.lock" in runs
+        assert runs.count("uv pip install --python /opt/venv/bin/python --no-deps .") == 2
 
     def test_runs_as_non_root(self, lines: list[str]) -> None:
-        """The final stage runs as uid 10001, not root."""
+        """The final stages run as uid 10001, not root."""
         users = self.instructions(lines, "USER")
-        assert users and users[-1].split(":")[0] == "10001"
+        assert users and {u.split(":")[0] for u in users} == {"10001"}
 
     def test_runtime_contract(self, lines: list[str]) -> None:
-        """Port, environment, healthcheck and default command match what compose expects."""
-        assert self.instructions(lines, "EXPOSE") == ["8000"]
+        """Ports, environment, healthchecks and default commands match what compose and Kubernetes expect."""
+        assert self.instructions(lines, "EXPOSE") == ["9100", "8000"]  # worker, then api
         env = " ".join(self.instructions(lines, "ENV"))
         for item in ("PYTHONUNBUFFERED=1", "HOME=/home/app", "CREWAI_STORAGE_DIR=/home/app/.crewai"):
             assert item in env
-        health = " ".join(self.instructions(lines, "HEALTHCHECK"))
-        assert "http://127.0.0.1:8000/health/live" in health and "python" in health
-        cmd = self.instructions(lines, "CMD")[-1]
-        assert json.loads(cmd) == ["agentfarm", "serve", "--host", "0.0.0.0", "--port", "8000"]
+        assert "PATH=/opt/venv/bin:" in env
+        worker_health, api_health = self.instructions(lines, "HEALTHCHECK")
+        assert "http://127.0.0.1:8000/health/live" in api_health and "python" in api_health
+        assert "AGENTFARM_WORKER_METRICS_PORT" in worker_health and "/metrics" in worker_health
+        worker_cmd, api_cmd = self.instructions(lines, "CMD")[-2:]
+        assert json.loads(worker_cmd) == ["agentfarm", "worker"]
+        assert json.loads(api_cmd) == ["agentfarm", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
     def test_dockerignore_keeps_context_clean(self) -> None:
         """Local venvs, git history, caches and .env secrets never enter the build context."""

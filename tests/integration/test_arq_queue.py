@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -69,3 +70,32 @@ async def test_a_dropped_job_is_enqueued_again_under_a_new_id(pool: queue.QueueR
     new_id = await queue.make_runnable(pool, task)
     assert new_id is not None and new_id.startswith(task.id + ":")
     assert await pool.zscore(queue.queue_key("research"), new_id) is not None
+
+
+async def test_an_idle_worker_is_woken_by_an_enqueue_and_by_its_own_deferred_retry(pool: queue.QueueRedis) -> None:
+    """No polling while idle: the enqueue's wake-up starts the job well before the 2 s backstop poll, and a job
+    the worker deferred (``RetryLater``) runs again when it is due, not at the next backstop."""
+    runs: list[float] = []
+    second = asyncio.Event()
+
+    async def job(ctx: dict[str, object], task_id: str) -> None:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            raise queue.RetryLater(defer=0.3)
+        second.set()
+
+    worker = queue.make_worker(
+        pool, "research", job, ctx={}, max_jobs=1, poll_delay_s=0.05, job_timeout_s=60, burst=False
+    )
+    run = asyncio.ensure_future(worker.async_run())
+    try:
+        await asyncio.sleep(0.5)  # the worker has polled once and waits
+        enqueued = time.monotonic()
+        await queue.enqueue(pool, _task("arq-wake-1"))
+        await asyncio.wait_for(second.wait(), 10)
+        assert runs[0] - enqueued < 1.0, "the enqueue did not wake the idle worker"
+        assert 0.29 < runs[1] - runs[0] < 1.5, "the deferred retry did not run when due"
+    finally:
+        queue.cancel_running([worker])
+        await asyncio.gather(run, return_exceptions=True)
+        await queue.finish(worker)

@@ -158,7 +158,12 @@ class TestMetrics:
         assert value(worker_metrics, "agentfarm_task_duration_seconds_count", kind="swot", status="completed") == 3
         assert value(worker_metrics, "agentfarm_dispatch_latency_seconds_count", kind="research") == 2
         prompt = sum(count_tokens(r.text) for r in llm_server.received())
-        assert value(worker_metrics, "agentfarm_llm_tokens_total", model=SCRIPTED_MODEL, type="prompt") == prompt
+        prompt_by_label = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in worker_metrics.splitlines()
+            if line.startswith("agentfarm_llm_tokens_total{") and 'type="prompt"' in line and 'tenant="acme"' in line
+        )
+        assert prompt_by_label == prompt
         assert value(api_metrics, "agentfarm_workers_live", queue="specialized") == 1
         assert value(api_metrics, "agentfarm_queue_depth", queue="research") == 0
         assert value(api_metrics, "agentfarm_http_requests_total", path="/v1/tasks/swot", method="POST") == 4

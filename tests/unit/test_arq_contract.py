@@ -58,3 +58,37 @@ class TestArqContract:
     def test_retry_is_arqs(self) -> None:
         assert queue.RetryLater is arq.Retry
         assert queue.RetryLater(defer=1.5).defer_score == 1500
+
+    def test_the_worker_loop_push_worker_replaces(self) -> None:
+        """``PushWorker.main`` is arq's ``Worker.main`` with its polling loop replaced by a wait for a wake-up:
+        the rest of arq's ``main`` (ctx, on_startup, the burst exit) must still be what it copies."""
+        main = inspect.getsource(arq.Worker.main)
+        assert "async for _ in poll(self.poll_delay_s):" in main
+        assert "await self._poll_iteration()" in main
+        assert "self.ctx['redis'] = self.pool" in main
+        assert "await self.on_startup(self.ctx)" in main
+        assert "0 <= self.max_burst_jobs <= self._jobs_started()" in main
+        assert "await self.pool.zcard(self.queue_name)" in main
+        # the pool is created only when none is given: make_worker always gives one
+        assert "if self._pool is None:" in main
+
+    def test_a_finished_job_frees_its_slot_through_the_method_push_worker_extends(self) -> None:
+        """A job's end wakes ``PushWorker`` through ``_release_sem_dec_counter_on_complete``."""
+        assert "self._release_sem_dec_counter_on_complete()" in inspect.getsource(arq.Worker.start_jobs)
+        assert "self.sem.release()" in inspect.getsource(arq.Worker._release_sem_dec_counter_on_complete)
+
+    def test_a_retried_job_is_due_at_now_plus_defer(self) -> None:
+        """``PushWorker`` wakes for a job it deferred at (now + defer): how arq re-scores a ``Retry``."""
+        run_job = inspect.getsource(arq.Worker.run_job)
+        assert "incr_score = e.defer_score + (timestamp_ms() - score)" in run_job
+        assert "tr.zincrby(self.queue_name, incr_score, job_id)" in inspect.getsource(arq.Worker.finish_job)
+
+    async def test_make_worker_builds_a_push_worker_on_a_wake_channel(self) -> None:
+        pool = queue.QueueRedis.from_url("redis://127.0.0.1:1")  # never connected
+        worker = queue.make_worker(
+            pool, "research", _noop, ctx={}, max_jobs=2, poll_delay_s=0.5, job_timeout_s=60, burst=True
+        )
+        assert isinstance(worker, queue.PushWorker)
+        assert isinstance(worker, arq.Worker)
+        assert queue.wake_channel(worker.queue_name) == "agentfarm:queue:research:wake"
+        await pool.aclose()

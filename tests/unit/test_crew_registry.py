@@ -18,7 +18,7 @@ from jobs.kinds import KINDS, Kind
 
 # Fields that shape the crew instead of appearing in its prompts.
 # Choices that shape the plan, and delivery options that never reach the crew.
-STRUCTURAL = {"crew_type", "depth", "language", "webhook_url"}
+STRUCTURAL = {"crew_type", "depth", "language", *Params.option_fields}
 
 SAMPLE_TEXT = {"topic": "a topic", "company": "Acme", "subject": "the parser", "context": "code"}
 

@@ -12,7 +12,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.kinds import KINDS
 from jobs.metrics import (
-    CONTENT_TYPE,
     DISPATCH_LATENCY,
     LLM_ERRORS,
     QUEUE_COLLECTOR,
@@ -100,17 +99,22 @@ class TestTaskMetrics:
 
 
 class TestLLMMetrics:
-    async def test_calls_tokens_and_errors_are_labelled_by_model(self) -> None:
-        """LLM calls (by model, kind), tokens (by model, prompt|completion) and errors (by model, type) add up."""
+    async def test_calls_tokens_cost_and_errors_are_labelled(self) -> None:
+        """Calls (by model, kind), tokens and cost (by model, tenant, kind) and errors (by model, type) add up."""
         model = "openai/metrics-test-model"
-        llm_usage(model, "investment", calls=3, prompt_tokens=120, completion_tokens=45)
-        llm_usage(model, "investment", calls=1, prompt_tokens=10, completion_tokens=0)
+        llm_usage(model, "investment", "acme", calls=3, prompt_tokens=120, completion_tokens=45, cost_usd=0.25)
+        llm_usage(model, "investment", "acme", calls=1, prompt_tokens=10, completion_tokens=0, cost_usd=0.125)
+        llm_usage(model, "investment", "globex", calls=1, prompt_tokens=7, completion_tokens=2)
         LLM_ERRORS.labels(model=model, error_type="RateLimitError").inc()
         samples = await scrape()
 
-        assert value(samples, "agentfarm_llm_calls_total", model=model, kind="investment") == 4
-        assert value(samples, "agentfarm_llm_tokens_total", model=model, type="prompt") == 130
-        assert value(samples, "agentfarm_llm_tokens_total", model=model, type="completion") == 45
+        acme = {"model": model, "tenant": "acme", "kind": "investment"}
+        assert value(samples, "agentfarm_llm_calls_total", model=model, kind="investment") == 5
+        assert value(samples, "agentfarm_llm_tokens_total", **acme, type="prompt") == 130
+        assert value(samples, "agentfarm_llm_tokens_total", **acme, type="completion") == 45
+        assert value(samples, "agentfarm_llm_tokens_total", **{**acme, "tenant": "globex"}, type="prompt") == 7
+        assert value(samples, "agentfarm_llm_cost_usd_total", **acme) == 0.375
+        assert value(samples, "agentfarm_llm_cost_usd_total", **{**acme, "tenant": "globex"}) is None, "no price"
         assert value(samples, "agentfarm_llm_errors_total", model=model, error_type="RateLimitError") == 1
 
 
@@ -184,12 +188,8 @@ class TestQueueGauges:
 
 
 class TestExposition:
-    def test_content_type_is_prometheus_text(self) -> None:
-        """The /metrics response type is the Prometheus text format Prometheus expects."""
-        assert CONTENT_TYPE.startswith("text/plain; version=")
-
     def test_worker_serves_its_registry_over_http(self) -> None:
-        """A worker's metrics port answers /metrics with this process's counters."""
+        """A worker's metrics port answers /metrics with this process's counters, in Prometheus's text format."""
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -197,6 +197,8 @@ class TestExposition:
         start_worker_metrics_server(port, addr="127.0.0.1")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             body = response.read()
+            content_type = response.headers["Content-Type"]
+        assert content_type.startswith("text/plain; version=0.0.4"), content_type
         assert b'agentfarm_tasks_finished_total{kind="technical_review",status="completed"}' in body
 
     def test_port_zero_serves_nothing(self) -> None:

@@ -122,7 +122,8 @@ class TestTransitions:
                     name = ast.unparse(node.func)
                     assert "replace" not in name, f"{path.relative_to(ROOT)}:{node.lineno} sets status directly"
         used |= {"submitted", "started", "taken_over", "cancelled", "operator_requeue"}  # set in jobs/models.py
-        used |= {"error", "timeout"}  # passed through a variable by settle._fail
+        used |= {"error", "timeout", "budget_exceeded"}  # passed through a variable by settle._fail
+        used |= {"enqueue_failed"}  # historic: only read from tasks stored before submit became one MULTI
         assert used >= set(REASONS), set(REASONS) - used
 
     def test_finishing_stamps_finished_at(self) -> None:
