@@ -110,7 +110,12 @@ class Submitter:
             id=task_id,
             kind=kind,
             tenant=caller.tenant,
-            params={k: v for k, v in msgspec.structs.asdict(params).items() if k != "webhook_url"},
+            # What the crew works on and the options asked for; the webhook address lives on the task.
+            params={
+                k: v
+                for k, v in msgspec.structs.asdict(params).items()
+                if k != "webhook_url" and not (k in params.option_fields and v is None)
+            },
             webhook_url=params.webhook_url,
             max_tokens=params.max_tokens or self.settings.policy(kind).token_budget,
             max_attempts=self.settings.policy(kind).max_attempts,

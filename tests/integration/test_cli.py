@@ -126,7 +126,8 @@ class TestWithoutAServer:
         """A misspelled field name is refused with the kind's field names."""
         done = agentfarm("submit", "research", "topc=batteries")
         assert done.returncode == 2
-        assert "research has no field 'topc'; its fields: crew_type, depth, language, topic" in one_error_line(done)
+        fields = "crew_type, depth, language, max_tokens, topic, webhook_url"
+        assert f"research has no field 'topc'; its fields: {fields}" in one_error_line(done)
 
     def test_client_commands_do_not_import_crewai(self) -> None:
         """The CLI's client path loads neither crewai nor the server's telemetry."""

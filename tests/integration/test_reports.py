@@ -173,7 +173,7 @@ class TestPdf:
 
     def test_pdf_lists_the_sources_with_their_links(self) -> None:
         """The PDF ends with the numbered sources, each with its title, address, quote and a working link."""
-        report = CitedReport(**msgspec.structs.asdict(russian_report()), sources=SOURCES)
+        report = CitedReport(**{**msgspec.structs.asdict(russian_report()), "sources": SOURCES})
         pdf = reports.to_pdf(_task("ru"), report)
 
         text = pdf_text(pdf)
@@ -205,7 +205,7 @@ class TestHtml:
 
     def test_sources_are_listed_and_citations_link_to_them(self) -> None:
         """Each source is a numbered list item with its link and quote; `[n]` in the text links to it."""
-        report = CitedReport(**msgspec.structs.asdict(russian_report()), sources=SOURCES)
+        report = CitedReport(**{**msgspec.structs.asdict(russian_report()), "sources": SOURCES})
 
         page = reports.to_html(_task("ru"), report)
 
@@ -217,7 +217,7 @@ class TestHtml:
 
     def test_an_ungrounded_report_says_so(self) -> None:
         """A report written without sources (`grounded: false`) says so where the sources would be."""
-        report = CitedReport(**msgspec.structs.asdict(russian_report()), sources=[], grounded=False)
+        report = CitedReport(**{**msgspec.structs.asdict(russian_report()), "sources": [], "grounded": False})
 
         page = reports.to_html(_task("en"), report)
 
@@ -259,7 +259,7 @@ class TestMarkdownAndJson:
 
     def test_markdown_appends_sources_it_does_not_list(self) -> None:
         """A report whose Markdown does not list its sources gets them as a numbered list at the end."""
-        report = CitedReport(**msgspec.structs.asdict(russian_report()), sources=SOURCES)
+        report = CitedReport(**{**msgspec.structs.asdict(russian_report()), "sources": SOURCES})
 
         text = reports.to_markdown(_task("ru"), report)
 
