@@ -303,7 +303,19 @@ async function openTask(id) {
 }
 
 // An event's data (or a polled task): keep what it says about status, progress, stage, attempt and error.
+// Replayed events older than the state already shown (the page reads the task, then its stream from the start)
+// are skipped, so progress never runs backwards on screen.
+const RANK = { queued: 0, running: 1, retrying: 2, completed: 3, failed: 3, cancelled: 3 };
+
+function olderThanShown(fields, task) {
+  if (fields.attempt === undefined || task.attempt === undefined) return false;
+  if (fields.attempt !== task.attempt) return fields.attempt < task.attempt;
+  if (fields.status !== undefined && fields.status !== task.status) return RANK[fields.status] < RANK[task.status];
+  return (fields.progress ?? task.progress ?? 0) < (task.progress ?? 0);
+}
+
 function apply(fields) {
+  if (olderThanShown(fields, state.selected)) return;
   const task = { ...state.selected };
   for (const key of ["status", "progress", "stage", "attempt", "max_attempts", "error", "usage"]) {
     if (fields[key] !== undefined && fields[key] !== null) task[key] = fields[key];
