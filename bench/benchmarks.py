@@ -27,6 +27,7 @@ import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
+
 import httpx
 
 from bench.cluster import API_KEY, Cluster, cpu_seconds, peak_rss_mib, tasks

@@ -7,7 +7,7 @@ read back comes from the HTTP API, the worker's ``/metrics``, ``/proc`` and
 Redis's ``INFO``.
 """
 
-# ruff: noqa: S603, S607
+# ruff: noqa: S603
 
 from __future__ import annotations
 

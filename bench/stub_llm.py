@@ -20,35 +20,12 @@ import time
 import uuid
 from typing import Any
 
+from tests.support.llm_server import instance_of  # one JSON-schema filler for the scripted servers
+
 _FINAL = (
     "Thought: I now can give a great answer\n"
     "Final Answer: ## Findings\n\nA fixed benchmark answer: three short paragraphs of findings would go here.\n"
 )
-
-
-def instance_of(schema: dict[str, Any], defs: dict[str, Any], hint: str) -> Any:
-    """A value that satisfies a (strict, OpenAI-style) JSON schema."""
-    if "$ref" in schema:
-        return instance_of(defs[schema["$ref"].rsplit("/", 1)[-1]], defs, hint)
-    for key in ("anyOf", "oneOf", "allOf"):
-        if key in schema:
-            return instance_of(schema[key][0], defs, hint)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next(k for k in kind if k != "null")
-    if "enum" in schema:
-        return schema["enum"][0]
-    if kind == "object":
-        return {name: instance_of(sub, defs, f"{hint} {name}") for name, sub in schema.get("properties", {}).items()}
-    if kind == "array":
-        return [instance_of(schema.get("items", {}), defs, f"{hint} item {i}") for i in (1, 2)]
-    if kind == "integer":
-        return 1
-    if kind == "number":
-        return 1.0
-    if kind == "boolean":
-        return True
-    return f"Benchmark {hint.strip()}".strip()
 
 
 class StubLLM:

@@ -10,6 +10,7 @@ declared once, in the type, and enforced everywhere.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -29,3 +30,16 @@ class Checked(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"{type(self).__name__}: {exc}") from None
         finally:
             _validating.reset(token)
+
+
+def env(parse: object, expected: str, *, secret: bool = False) -> msgspec.Meta:
+    """How the settings loader reads a variable of this field: its parser, what it expects, whether it is secret."""
+    return msgspec.Meta(extra={"parse": parse, "expected": expected, "secret": secret})
+
+
+def http_url(raw: str) -> str:
+    """``raw`` when it is an http(s) URL with a host; ``ValueError`` otherwise."""
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError(raw)
+    return raw

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import functools
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlsplit
 
 import msgspec
 
-from crews.checked import Checked
+from crews.checked import Checked, env, http_url
 
 if TYPE_CHECKING:
     import ssl
@@ -41,25 +40,13 @@ def _model(raw: str) -> str:
     return raw
 
 
-def _http_url(raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ValueError(raw)
-    return raw
-
-
-def _env(parse: object, expected: str, *, secret: bool = False) -> msgspec.Meta:
-    # How the settings loader reads the variable (see jobs.settings.env).
-    return msgspec.Meta(extra={"parse": parse, "expected": expected, "secret": secret})
-
-
 class LLMConfig(Checked, frozen=True, kw_only=True):
     """How workers reach the LLM."""
 
     # A bare name would fall back to LiteLLM, which is not installed: a provider prefix is required.
-    model: Annotated[str, _env(_model, "provider/model, e.g. openai/gpt-4o-mini")] = ""
-    base_url: Annotated[str | None, _env(_http_url, "an http(s) URL")] = None
-    api_key: Annotated[str | None, _env(str, "the provider's key", secret=True)] = None
+    model: Annotated[str, env(_model, "provider/model, e.g. openai/gpt-4o-mini")] = ""
+    base_url: Annotated[str | None, env(http_url, "an http(s) URL")] = None
+    api_key: Annotated[str | None, env(str, "the provider's key", secret=True)] = None
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
     max_iter: Annotated[int, msgspec.Meta(ge=1, le=25)] = 5
     # Retries of one call inside the OpenAI-compatible client (5xx, timeouts), before the job's own retries.

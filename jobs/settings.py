@@ -21,7 +21,7 @@ import difflib
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import msgspec
 from dotenv import dotenv_values
 
-from crews.checked import Checked
+from crews.checked import Checked, env
 from crews.llm import LLMConfig
 from crews.sources.config import FetchConfig, SearchConfig, SourcesConfig
 from jobs.kinds import KINDS, Policy
@@ -47,11 +47,6 @@ class SettingsError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def env(parse: Callable[[str], Any], expected: str, *, secret: bool = False) -> msgspec.Meta:
-    """Field metadata: the variable has its own format, read by ``parse``."""
-    return msgspec.Meta(extra={"parse": parse, "expected": expected, "secret": secret})
 
 
 SECRET = msgspec.Meta(extra={"secret": True})

@@ -7,25 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 
-from crews.checked import Checked
+from crews.checked import Checked, env, http_url
 
 Backend = Literal["none", "searxng", "tavily", "brave"]
-
-
-def _http_url(raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ValueError(raw)
-    return raw
-
-
-def _env(parse: object, expected: str, *, secret: bool = False) -> msgspec.Meta:
-    # How the settings loader reads the variable (see jobs.settings.env).
-    return msgspec.Meta(extra={"parse": parse, "expected": expected, "secret": secret})
 
 
 class SearchConfig(Checked, frozen=True, kw_only=True):
@@ -33,8 +20,8 @@ class SearchConfig(Checked, frozen=True, kw_only=True):
 
     backend: Backend = "none"
     # SearXNG's base URL (its JSON API is GET <url>/search?q=...&format=json); Tavily and Brave have defaults.
-    url: Annotated[str | None, _env(_http_url, "an http(s) URL")] = None
-    api_key: Annotated[str | None, _env(str, "the search provider's key", secret=True)] = None
+    url: Annotated[str | None, env(http_url, "an http(s) URL")] = None
+    api_key: Annotated[str | None, env(str, "the search provider's key", secret=True)] = None
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
 
     def __repr__(self) -> str:
