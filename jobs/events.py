@@ -11,7 +11,7 @@ Event types: a status change is named after the new status (``queued``,
 ``running``, ``retrying``, ``completed``, ``failed``, ``cancelled``; its
 ``reason`` says why); ``progress`` (progress or stage moved), ``usage``
 (tokens spent, nothing else changed), ``source`` (a page read for the report).
-Every event carries the task's status, progress, stage and usage after it, so a
+Every event carries the task's status, attempt, progress, stage and usage after it, so a
 client can render any single event on its own.
 """
 
@@ -49,6 +49,7 @@ class TaskEvent(msgspec.Struct, frozen=True, kw_only=True):
     stage: str
     usage: Usage
     at: datetime
+    attempt: int = 0  # the run it belongs to: progress never decreases within one (events stored before it: 0)
     error: TaskError | None = None
     source: SourceRead | None = None
 
@@ -93,6 +94,7 @@ def _snapshot(task: Task, seq: int, kind: EventType, source: SourceRead | None =
         stage=task.stage,
         usage=task.usage,
         at=utcnow(),
+        attempt=task.attempt,
         error=task.error if task.status == "failed" else None,
         source=source,
     )

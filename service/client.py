@@ -49,19 +49,30 @@ def kind_arg(value: str) -> str:
 
 
 def _describe(info: msgspec.inspect.Type) -> tuple[str, str]:
-    """A field's accepted values and its description, from its msgspec type."""
+    """A field's accepted values and its description, from its msgspec type (``X | None``: as X)."""
     description = ""
     if isinstance(info, msgspec.inspect.Metadata):
         description = str((info.extra_json_schema or {}).get("description", ""))
         info = info.type
+    if isinstance(info, msgspec.inspect.UnionType):
+        real = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(real) == 1:
+            values, inner = _describe(real[0])
+            return values, description or inner
+    return _values(info), description
+
+
+def _values(info: msgspec.inspect.Type) -> str:
     if isinstance(info, msgspec.inspect.LiteralType):
-        return " | ".join(str(v) for v in info.values), description
+        return " | ".join(str(v) for v in info.values)
     if isinstance(info, msgspec.inspect.StrType):
         low, high = info.min_length, info.max_length
         if low and high:
-            return f"text, {low}-{high:,} chars", description
-        return (f"text, up to {high:,} chars" if high else "text"), description
-    return type(info).__name__.removesuffix("Type").lower(), description
+            return f"text, {low}-{high:,} chars"
+        return f"text, up to {high:,} chars" if high else "text"
+    if isinstance(info, msgspec.inspect.IntType) and info.ge is not None and info.le is not None:
+        return f"integer, {info.ge:,}-{info.le:,}"
+    return type(info).__name__.removesuffix("Type").lower()
 
 
 def kind_fields(kind: str) -> list[msgspec.inspect.Field]:
@@ -78,7 +89,13 @@ def kinds_help() -> str:
         lines.append(f"  {kind}{alias}: {spec.params.__doc__ or ''}".rstrip())
         for field in kind_fields(kind):
             values, description = _describe(field.type)
-            default = "required" if field.required else f"default {field.default or '(empty)'}"
+            default = (
+                "required"
+                if field.required
+                else "optional"
+                if field.default is None
+                else f"default {field.default or '(empty)'}"
+            )
             lines.append(f"    {field.encode_name:<10} {values}; {default}. {description}".rstrip())
     lines += [
         "",

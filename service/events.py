@@ -38,7 +38,7 @@ EVENTS_DESCRIPTION = (
     "A stream of `text/event-stream` events. Each has `id:` (the task's event number: 1, 2, … without gaps),"
     " `event:` (`queued`, `running`, `retrying`, `completed`, `failed`, `cancelled` for status changes, with a"
     " `reason`; `progress`, `usage`, `source`) and JSON `data`: a `TaskEvent` with the task's status, reason,"
-    " progress, stage and usage after the event. The stream ends after `completed`, `failed` or `cancelled`;"
+    " attempt, progress, stage and usage after the event. The stream ends after `completed`, `failed` or `cancelled`;"
     " a comment line every 15 s keeps it open. Reconnect with `Last-Event-ID` to get exactly the rest."
 )
 

@@ -60,17 +60,8 @@ def russian_report(**extra: Any) -> Report:
 
 
 def cited(report: Report) -> Report:
-    """``report`` with its sources, as the research engineer's ``Report`` carries them (when it does)."""
-    if "sources" not in Report.__struct_fields__:
-        return report
+    """``report`` with its sources, as a grounded research report carries them."""
     return msgspec.convert({**msgspec.to_builtins(report), "sources": SOURCES, "grounded": True}, Report)
-
-
-class CitedReport(Report, frozen=True, kw_only=True):
-    """A report with sources, for rendering directly while ``Report`` may not have the field yet."""
-
-    sources: list[dict[str, Any]] = msgspec.field(default_factory=list)
-    grounded: bool = True
 
 
 async def finish(settings: Settings, task_id: str, change: Any) -> None:
@@ -173,7 +164,7 @@ class TestPdf:
 
     def test_pdf_lists_the_sources_with_their_links(self) -> None:
         """The PDF ends with the numbered sources, each with its title, address, quote and a working link."""
-        report = CitedReport(**{**msgspec.structs.asdict(russian_report()), "sources": SOURCES})
+        report = cited(russian_report())
         pdf = reports.to_pdf(_task("ru"), report)
 
         text = pdf_text(pdf)
@@ -205,7 +196,7 @@ class TestHtml:
 
     def test_sources_are_listed_and_citations_link_to_them(self) -> None:
         """Each source is a numbered list item with its link and quote; `[n]` in the text links to it."""
-        report = CitedReport(**{**msgspec.structs.asdict(russian_report()), "sources": SOURCES})
+        report = cited(russian_report())
 
         page = reports.to_html(_task("ru"), report)
 
@@ -217,7 +208,7 @@ class TestHtml:
 
     def test_an_ungrounded_report_says_so(self) -> None:
         """A report written without sources (`grounded: false`) says so where the sources would be."""
-        report = CitedReport(**{**msgspec.structs.asdict(russian_report()), "sources": [], "grounded": False})
+        report = russian_report(grounded=False)
 
         page = reports.to_html(_task("en"), report)
 
@@ -259,7 +250,7 @@ class TestMarkdownAndJson:
 
     def test_markdown_appends_sources_it_does_not_list(self) -> None:
         """A report whose Markdown does not list its sources gets them as a numbered list at the end."""
-        report = CitedReport(**{**msgspec.structs.asdict(russian_report()), "sources": SOURCES})
+        report = cited(russian_report())
 
         text = reports.to_markdown(_task("ru"), report)
 
