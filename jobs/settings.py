@@ -193,7 +193,7 @@ class WorkerConfig(Checked, frozen=True, kw_only=True):
     """How a worker process runs its crews."""
 
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
-    poll_delay_s: Seconds = 0.05
+    poll_delay_s: Seconds = 0.05  # --burst runs only: a serving worker is woken by each enqueue (jobs/queue.py)
     heartbeat_s: Seconds = 5.0
     # A running task's lease: refreshed by its worker every lease/3; when it lapses, the task is re-queued.
     lease_s: Seconds = 15.0
