@@ -53,6 +53,9 @@ class RunObserver(Protocol):
     def on_usage(self, usage: Usage) -> None:
         """The run's cumulative usage so far: after every completed call, before each call and at the end."""
 
+    def on_source(self, url: str, title: str) -> None:
+        """A page was read for the report (the sources stage)."""
+
 
 class CrewOutputError(Exception):
     """The model's final answer did not fit the report schema."""
@@ -99,10 +102,10 @@ class _Tracker:
         self.observer.on_usage(self.usage())
 
     def task_done(self, output: TaskOutput) -> None:
-        index = next((i for i, t in enumerate(self.tasks) if t.name == output.name), None)
-        if index is not None:
+        # No progress write of its own: the next task's first call reports the same progress a moment
+        # later (tasks run one after another), and the last task's end is the task's final write.
+        if any(t.name == output.name for t in self.tasks):
             self.spans.task_ended()
-            self.observer.on_progress(self._progress(index + 1), f"{self.roles.get(index, 'agent')}: done")
 
     def _progress(self, tasks_done: float) -> int:
         return _START_PROGRESS + int(_TASKS_SHARE * tasks_done / len(self.tasks))
@@ -213,7 +216,6 @@ def run_crew(
         token = _current.set(tracker)
         error: BaseException | None = None
         try:
-            observer.on_progress(_START_PROGRESS, "crew: starting")
             with stop_points(observer.stop_point):
                 output = crew.kickoff(inputs={**crew_spec.inputs(params), **prepared.inputs})
         except BaseException as exc:

@@ -119,14 +119,15 @@ class TaskStore:
         task_id: str,
         change: Callable[[Task], Task],
         also: Callable[[Pipeline, Task], None] | None = None,
-        sources: tuple[SourceRead, ...] = (),
+        sources: Callable[[Task], tuple[SourceRead, ...]] | None = None,
     ) -> Task | None:
         """Apply ``change`` atomically, with its events; ``None`` when the task no longer exists.
 
         ``change`` may be called more than once (after a lost race), so it must
         be a pure function of the task it is given. ``also`` queues further
         commands into the same MULTI as the write (given the new state);
-        ``sources`` are pages read, appended as ``source`` events.
+        ``sources`` gives the pages read to append as ``source`` events, from the task as read
+        (so a fenced writer appends none); pure, like ``change``.
         """
         key = task_key(task_id)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -138,7 +139,8 @@ class TaskStore:
                         return None
                     before = _decoder.decode(raw)
                     after = change(before)
-                    appended = events.events_of(before, after, sources) if after is not before or sources else []
+                    read = sources(before) if sources is not None else ()
+                    appended = events.events_of(before, after, read) if after is not before or read else []
                     if after is before and not appended:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return before

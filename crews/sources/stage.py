@@ -43,6 +43,8 @@ class StageObserver(Protocol):
 
     def on_progress(self, progress: int, stage: str) -> None: ...
 
+    def on_source(self, url: str, title: str) -> None: ...
+
 
 @dataclass
 class Counters:
@@ -131,6 +133,7 @@ class _Stage:
                 span.set_attribute("agentfarm.page.chars", len(page.text))
             self.counters.pages_read += 1
             self.counters.on_change()
+            self.observer.on_source(page.url, page.title or result.title)
             return page
 
     async def watch(self) -> None:

@@ -131,7 +131,7 @@ async def _run_execution(runtime: WorkerRuntime, task: Task, job_id: str, queued
         began = time.monotonic()
         observer = ExecutionObserver(runtime, execution, started)
         outcome = await _execute(runtime, execution, started, observer)
-        await observer.flush()
+        await observer.before_settle()
         await settle(runtime, execution, started, outcome, observer, time.monotonic() - began)
     except asyncio.CancelledError:
         # arq cancels running jobs on shutdown and re-queues them: hand the task back for another worker.

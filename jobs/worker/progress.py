@@ -1,8 +1,10 @@
 """What a running crew reports back: progress and usage written to the task, the LLM rate limit before calls.
 
 The crew runs in a thread; it calls the observer there. Writes are coalesced
-(while one is in flight only the latest progress and usage are kept) and made
-on the worker's event loop, fenced by the execution's token.
+(while one is in flight only the latest progress and usage are kept, and pages
+read are queued as ``source`` events) and made on the worker's event loop,
+fenced by the execution's token. What is still pending when the run ends is
+left to the final write, which carries the latest usage itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from redis.exceptions import RedisError
 from crews.control import BudgetExceeded
 from crews.results import Usage
 from jobs import metrics
+from jobs.events import SourceRead
 from jobs.models import Task
 from jobs.ratelimit import SyncRateLimiter
 from jobs.settings import RateLimit
@@ -43,6 +46,7 @@ class ExecutionObserver:
         self._lock = threading.Lock()
         self._pending: tuple[int, str] | None = None
         self._pending_usage: Usage | None = None
+        self._pending_sources: list[SourceRead] = []
         self._writer: asyncio.Task[None] | None = None
         self.usage = Usage()  # this execution's cumulative usage so far
 
@@ -99,8 +103,20 @@ class ExecutionObserver:
         if self._execution.stopping:
             self._wake_writer()
 
-    async def flush(self) -> None:
-        """Wait until every reported step is written."""
+    def on_source(self, url: str, title: str) -> None:
+        """In the crew's thread: a page read for the report, appended as a ``source`` event."""
+        with self._lock:
+            self._pending_sources.append(SourceRead(url=url, title=title))
+        self._wake_writer()
+
+    async def before_settle(self) -> None:
+        """The run is over: wait for a write in flight; drop pending progress and usage (the final write has both).
+
+        Pages read stay pending and are written: they are events of their own, not part of the final write.
+        """
+        with self._lock:
+            self._pending = None
+            self._pending_usage = None
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
 
@@ -120,7 +136,8 @@ class ExecutionObserver:
             with self._lock:
                 pending, self._pending = self._pending, None
                 usage, self._pending_usage = self._pending_usage, None
-            if pending is None and usage is None:
+                read, self._pending_sources = tuple(self._pending_sources), []
+            if pending is None and usage is None and not read:
                 return
 
             def advance(task: Task, pending: tuple[int, str] | None = pending, usage: Usage | None = usage) -> Task:
@@ -132,8 +149,11 @@ class ExecutionObserver:
                     task = task.with_usage(usage, run_token=token)  # also once cancelled or failed
                 return task
 
+            def sources(task: Task, read: tuple[SourceRead, ...] = read) -> tuple[SourceRead, ...]:
+                return read if task.run_token == token and task.status == "running" else ()
+
             try:
-                await self._runtime.store.update(self._execution.task_id, advance)
+                await self._runtime.store.update(self._execution.task_id, advance, sources=sources)
             except (RedisError, OSError):
                 log.warning("progress_write_failed", task_id=self._execution.task_id, exc_info=True)
 

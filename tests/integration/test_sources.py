@@ -103,11 +103,11 @@ class TestGroundedResearch:
         began = time.time()
         async with grounded.api() as api:
             task_id = await submit(api, {"topic": "solid-state batteries for cars", "depth": "basic"})
-            final, seen = await wait_finished(api, task_id, ACME, timeout_s=60, interval_s=0.02)
-
-        assert final["status"] == "completed", final["error"]
-        result = final["result"]
-        assert result["grounded"] is True
+            final, _ = await wait_finished(api, task_id, ACME, timeout_s=60, interval_s=0.02)
+            assert final["status"] == "completed", final["error"]
+            result = final["result"]
+            assert result["grounded"] is True
+            stream = await api.get(f"/v1/tasks/{task_id}/events", headers=ACME)  # the whole log, replayed
         served = {s.path for s in page_server.requests(since=began)}
         for source in result["sources"]:
             path = "/" + source["url"].split("/", 3)[3]
@@ -121,9 +121,15 @@ class TestGroundedResearch:
         assert result["markdown"].rstrip().splitlines()[-len(result["sources"]) - 2] == "## Sources"
         assert final["usage"]["searches"] == 2 == len(search_server.received(since=began))
         assert final["usage"]["pages_read"] == 3
-        stages = {s["stage"] for s in seen}
+        log = [json.loads(line[len("data: ") :]) for line in stream.text.splitlines() if line.startswith("data: ")]
+        assert [e["seq"] for e in log] == list(range(1, len(log) + 1))
+        stages = {e["stage"] for e in log}
         assert any(s.startswith("searching: ") for s in stages), stages
         assert any(s.startswith("reading: 127.0.0.1") for s in stages), stages
+        read = [e["source"]["url"] for e in log if e["type"] == "source"]  # one event per page read
+        assert len(read) == len(set(read)) == final["usage"]["pages_read"]
+        assert {s["url"] for s in result["sources"]} <= set(read)
+        assert all(e["source"]["title"] for e in log if e["type"] == "source")
         assert await eventually(
             lambda: worker_metric(grounded, "agentfarm_citations_removed_total") - removed_before == 2, 5
         )

@@ -161,6 +161,7 @@ class TestSearxng:
 class _Observer:
     def __init__(self, stop_after_reads: int | None = None) -> None:
         self.stages: list[str] = []
+        self.sources: list[str] = []
         self.stop_after_reads = stop_after_reads
 
     def stop_point(self) -> None:
@@ -170,6 +171,9 @@ class _Observer:
 
     def on_progress(self, progress: int, stage: str) -> None:
         self.stages.append(stage)
+
+    def on_source(self, url: str, title: str) -> None:
+        self.sources.append(url)
 
 
 class TestStage:
@@ -182,6 +186,7 @@ class TestStage:
         )
         assert [s.id for s in gathered.sources] == [1, 2, 3]
         assert (counters.searches, counters.pages_read) == (2, 3)
+        assert sorted(observer.sources) == sorted(s.url for s in gathered.sources)  # one source event per page read
         assert observer.stages[:2] == ["searching: a", "searching: b"]
         assert "reading: 127.0.0.1" in {
             s.split(":")[0] + ": " + s.split(": ")[1].split(":")[0] for s in observer.stages
