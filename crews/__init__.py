@@ -6,7 +6,8 @@ the crews' plans) never pays crewai's import time or memory.
 
 crewai reads its environment when it is imported: it is set here, once, so
 that no import order can let crewai start with telemetry on (it calls home),
-its tracing on, its version check on, or its storage somewhere unwritable.
+its tracing on (also its first-run trace collection), its version check on,
+or its storage somewhere unwritable.
 
 crewai also guards its local stores (the task-output SQLite file every crew
 writes, flow persistence, file handlers) with a lock that is, by default, a
@@ -49,6 +50,15 @@ def process_lock(name: str, *, timeout: float = 120) -> Iterator[None]:
 
 
 if importlib.util.find_spec("crewai_core") is not None:  # the worker extra (the API image has no crewai)
-    from crewai_core import lock_store
+    from crewai_core import lock_store, user_data
 
     lock_store.set_lock_backend(process_lock)
+    # CREWAI_TRACING_ENABLED=false does not stop crewai's "first execution" trace collection: until its
+    # user file says the first run is done and tracing declined, every crew registers ~90 trace handlers
+    # on crewai's event bus (measured: a sixth of its event-bus work). Recorded once, as `crewai traces
+    # disable` would.
+    try:
+        if not user_data.has_user_declined_tracing():
+            user_data.update_user_data({"first_execution_done": True, "trace_consent": False})
+    except OSError:  # an unwritable storage folder: crewai then runs with the handlers, which is only slower
+        pass
