@@ -89,13 +89,10 @@ def kinds_help() -> str:
         lines.append(f"  {kind}{alias}: {spec.params.__doc__ or ''}".rstrip())
         for field in kind_fields(kind):
             values, description = _describe(field.type)
-            default = (
-                "required"
-                if field.required
-                else "optional"
-                if field.default is None
-                else f"default {field.default or '(empty)'}"
-            )
+            if field.required or field.default is None:
+                default = "required" if field.required else "optional"
+            else:
+                default = f"default {field.default or '(empty)'}"
             lines.append(f"    {field.encode_name:<10} {values}; {default}. {description}".rstrip())
     lines += [
         "",

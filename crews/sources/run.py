@@ -23,7 +23,7 @@ from crews.sources.backends import backend_of
 from crews.sources.config import SourcesConfig, depth_plan
 from crews.sources.gate import ReadSource, apply_gate
 from crews.sources.planning import QueryPlan, planning_messages, queries_of
-from crews.sources.stage import Counters, excerpts_text, gather
+from crews.sources.stage import Counters, StageObserver, excerpts_text, gather
 from crews.spec import NO_SOURCES, CrewSpec
 
 log = structlog.get_logger(__name__)
@@ -32,16 +32,12 @@ tracer = trace.get_tracer("agentfarm.crews")
 _PLANNING_PROGRESS = 1
 
 
-class _Observer(Protocol):
+class _Observer(StageObserver, Protocol):
+    """The stage's observer, plus what planning needs: the checks before an LLM call, and usage."""
+
     def before_llm_call(self) -> None: ...
 
-    def stop_point(self) -> None: ...
-
-    def on_progress(self, progress: int, stage: str) -> None: ...
-
     def on_usage(self, usage: Usage) -> None: ...
-
-    def on_source(self, url: str, title: str) -> None: ...
 
 
 class _LLM(Protocol):
