@@ -1,8 +1,8 @@
 """Crew definitions: one folder per crew (prompts in YAML, typed input and plan), and the shared runner.
 
-``crews.runner``, ``crews.tracing`` and ``crews.demo_llm`` import crewai; only
-worker processes import them, so the API (which needs the input structs and
-the crews' plans) never pays crewai's import time or memory.
+``crews.runner``, ``crews.executor``, ``crews.tracing`` and ``crews.demo_llm``
+import crewai; only worker processes import them, so the API (which needs the
+input structs and the crews' plans) never pays crewai's import time or memory.
 
 crewai reads its environment when it is imported: it is set here, once, so
 that no import order can let crewai start with telemetry on (it calls home),

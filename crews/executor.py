@@ -1,0 +1,98 @@
+"""crewai's ``AgentExecutor`` with its per-task start-up cost taken out.
+
+crewai runs every agent task as a small Flow, and two things in starting one
+dominated the worker's CPU per job (py-spy over a B3 drain, docs/benchmarks.md):
+
+- ``Flow._create_initial_state`` builds a new pydantic class
+  ``StateWithId(FlowState, AgentExecutorState)`` for every executor: class
+  creation, schema generation and validator set-up, ≈ 13 ms per job. The class
+  never differs, so it is built once here.
+- ``Flow.kickoff`` runs ``asyncio.run`` per agent task: a new event loop,
+  selector, self-pipe and default thread pool each time, shut down again at the
+  end. Here each crew thread keeps one loop (and so one pool) for its life.
+
+Both are overrides of crewai internals (``_create_initial_state``, the body of
+``kickoff``), fenced by ``tests/unit/test_crewai_contract.py``: if an upgrade
+changes what they replace, that test fails before any job does. Anything this
+class does not cover (checkpoints, restored state, streaming, a caller already
+inside an event loop) goes to crewai's own code unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, ClassVar
+from uuid import uuid4
+
+from crewai.agents.agent_executor import AgentExecutor, AgentExecutorState
+from crewai.events.event_bus import crewai_event_bus
+from crewai.flow.flow import FlowState
+from crewai.flow.flow_definition import FlowDefinition
+
+
+class ExecutorState(FlowState, AgentExecutorState):
+    """The class crewai would build per executor, built once."""
+
+
+_threads = threading.local()
+
+
+def thread_loop() -> asyncio.AbstractEventLoop:
+    """This thread's own event loop for crewai's flows, created on first use."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_threads, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _threads.loop = loop
+    return loop
+
+
+def _in_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class LeanAgentExecutor(AgentExecutor):
+    """``Agent(executor_class=LeanAgentExecutor)``: same behaviour, cheaper start."""
+
+    # crewai reads a flow's steps from its class's own ``__dict__``, so a subclass would have none:
+    # it runs exactly crewai's steps, by their definition.
+    _flow_definition: ClassVar[FlowDefinition | None] = AgentExecutor.flow_definition()
+
+    def _create_initial_state(self) -> Any:
+        if self.initial_state is not None or self._create_default_extension_state() is not None:
+            return super()._create_initial_state()
+        state = ExecutorState()
+        if not state.id:
+            object.__setattr__(state, "id", str(uuid4()))
+        return state
+
+    def kickoff(
+        self,
+        inputs: dict[str, Any] | None = None,
+        input_files: Any = None,
+        from_checkpoint: Any = None,
+        restore_from_state_id: str | None = None,
+    ) -> Any:
+        if from_checkpoint is not None or restore_from_state_id is not None or self.stream or _in_running_loop():
+            return super().kickoff(inputs, input_files, from_checkpoint, restore_from_state_id)
+        outermost = crewai_event_bus._enter_runtime_scope()
+        loop = thread_loop()
+        try:
+            return loop.run_until_complete(self.kickoff_async(inputs, input_files))
+        finally:
+            _cancel_leftovers(loop)
+            crewai_event_bus._exit_runtime_scope(outermost)
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """What ``asyncio.run`` does at the end: no task of one run is left to wake up in the next."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
