@@ -95,7 +95,7 @@ class TestModuleMap:
                     assert path.relative_to(ROOT).as_posix() == "jobs/queue.py", f"{path} imports arq"
 
     def test_worker_only_modules_are_reached_only_from_the_worker_command(self) -> None:
-        """jobs.worker.*, crews.runner and crews.executor (crewai) are imported only by the worker package and its CLI entry."""
+        """jobs.worker.*, crews.runner and crews.executor (crewai): imported only by the worker and its CLI entry."""
         graph = _imports()
         worker_only = {m for m in graph if m.startswith("jobs.worker") or m in {"crews.runner", "crews.executor"}}
         for module, deps in graph.items():
