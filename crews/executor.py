@@ -23,16 +23,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from typing import Any, ClassVar
-from uuid import uuid4
 
 from crewai.agents.agent_executor import AgentExecutor, AgentExecutorState
 from crewai.events.event_bus import crewai_event_bus
 from crewai.flow.flow import FlowState
 from crewai.flow.flow_definition import FlowDefinition
+from crewai.utilities.agent_utils import is_inside_event_loop
 
 
 class ExecutorState(FlowState, AgentExecutorState):
-    """The class crewai would build per executor, built once."""
+    """The class crewai would build per executor, built once (each instance gets its own ``id``)."""
 
 
 _threads = threading.local()
@@ -47,14 +47,6 @@ def thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _in_running_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 class LeanAgentExecutor(AgentExecutor):
     """``Agent(executor_class=LeanAgentExecutor)``: same behaviour, cheaper start."""
 
@@ -65,10 +57,7 @@ class LeanAgentExecutor(AgentExecutor):
     def _create_initial_state(self) -> Any:
         if self.initial_state is not None or self._create_default_extension_state() is not None:
             return super()._create_initial_state()
-        state = ExecutorState()
-        if not state.id:
-            object.__setattr__(state, "id", str(uuid4()))
-        return state
+        return ExecutorState()
 
     def kickoff(
         self,
@@ -77,7 +66,7 @@ class LeanAgentExecutor(AgentExecutor):
         from_checkpoint: Any = None,
         restore_from_state_id: str | None = None,
     ) -> Any:
-        if from_checkpoint is not None or restore_from_state_id is not None or self.stream or _in_running_loop():
+        if from_checkpoint is not None or restore_from_state_id is not None or self.stream or is_inside_event_loop():
             return super().kickoff(inputs, input_files, from_checkpoint, restore_from_state_id)
         outermost = crewai_event_bus._enter_runtime_scope()
         loop = thread_loop()
