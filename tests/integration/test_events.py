@@ -148,7 +148,9 @@ async def test_many_concurrent_streams_see_the_same_events(stack: Any, llm_serve
         for i in range(6)
     ]
     await asyncio.sleep(0.3)
-    cluster.start_worker()
+    # Off the loop: starting a worker blocks for seconds, and a connection whose request this loop has not
+    # yet sent would meet hypercorn's 5 s idle timeout (seen on a loaded machine).
+    await asyncio.to_thread(cluster.start_worker)
     streams = await asyncio.gather(*readers)
     sequences = [[(e.id, e.type) for e in s.events] for s in streams]
     assert all(s == sequences[0] for s in sequences)
