@@ -82,8 +82,13 @@ class _Supervisor:
         arq_queue.cancel_running(self.workers)
 
 
-async def serve(settings: Settings, queues: tuple[Queue, ...], *, burst: bool = False) -> None:
+async def serve(
+    settings: Settings, queues: tuple[Queue, ...], *, burst: bool = False, handle_signals: bool = True
+) -> None:
     """Run workers for ``queues`` until SIGTERM/SIGINT (or, with ``burst``, until the queues are empty).
+
+    Embedded in another program's event loop (``handle_signals=False``), it
+    installs no signal handlers and stops when its task is cancelled.
 
     Shutdown: stop taking jobs, let running crews finish for up to
     ``worker_shutdown_grace_s``, then hand the rest back to the queue (the
@@ -116,8 +121,9 @@ async def serve(settings: Settings, queues: tuple[Queue, ...], *, burst: bool = 
             draining.cancel()
         draining = loop.create_task(drain(settings.worker.shutdown_grace_s if first else 0))
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+    if handle_signals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
     await runtime.start()
     log.info(
         "worker_started",

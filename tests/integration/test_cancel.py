@@ -186,10 +186,9 @@ class TestUsageOnStop:
     ) -> None:
         """A task cancelled between calls shows the calls and tokens the LLM billed before the cancel."""
         cluster = make_cluster()
-        cluster.start_worker()
         llm_server.default_delay_s = 0.5
         topic = "usage of a cancelled topic"
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "research", {"topic": topic, "depth": "comprehensive"})
             assert await eventually(lambda: len(llm_server.completed(containing=topic)) >= 2, timeout_s=30)
             response = await api.post(f"/v1/tasks/{task_id}/cancel", headers=ACME)
@@ -205,10 +204,9 @@ class TestUsageOnStop:
         """A task failed by its soft or hard time limit shows every call the LLM billed, the one in flight included."""
         hard_s = "4.5" if limit == "hard" else "30"
         cluster = make_cluster(AGENTFARM_RESEARCH_SOFT_TIMEOUT_S="4.5", AGENTFARM_RESEARCH_TIMEOUT_S=hard_s)
-        cluster.start_worker()
         llm_server.default_delay_s = LLM_LATENCY_S  # a call is in flight at the 4.5 s limit (call 1 ends near 3 s)
         topic = f"usage of a {limit} timed out topic"
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "research", {"topic": topic, "depth": "comprehensive"})
             failed, _ = await wait_finished(api, task_id, ACME)
             assert failed["status"] == "failed" and failed["error"]["type"] == "timeout"

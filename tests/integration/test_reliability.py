@@ -1,4 +1,9 @@
-"""Nothing lost, nothing stuck: real worker processes and a real redis-server, with faults injected."""
+"""Nothing lost, nothing stuck: a real redis-server and real workers, with faults injected.
+
+Retries, time limits and cancellation are the worker's execution behaviour, so
+they run the worker's own ``serve`` in this process; crashes, Redis restarts,
+signals and work shared between workers use worker processes.
+"""
 
 from __future__ import annotations
 
@@ -49,9 +54,8 @@ async def wait_until(api: Client, task_id: str, predicate: Any, timeout_s: float
 class TestRetries:
     async def test_two_transient_500s_then_success_completes(self, cluster: Cluster, llm_server: ScriptedLLM) -> None:
         """Two 500s from the LLM do not fail the task: it completes."""
-        cluster.start_worker()
         llm_server.script(Reply(status=500), Reply(status=500))
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Flaky Corp"})
             final, _ = await wait_finished(api, task_id, ACME)
         assert final["status"] == "completed", final["error"]
@@ -61,9 +65,8 @@ class TestRetries:
     ) -> None:
         """When the LLM keeps failing for a while, the task shows `retrying` with the error, then completes."""
         cluster = make_cluster(AGENTFARM_SWOT_RETRY_BACKOFF_S="0.5")
-        cluster.start_worker()
         llm_server.script(*[Reply(status=503)] * 3)  # more than one attempt absorbs
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Flaky Corp"})
             retrying = await wait_until(api, task_id, lambda t: t["status"] == "retrying")
             final, _ = await wait_finished(api, task_id, ACME)
@@ -75,10 +78,9 @@ class TestRetries:
     async def test_retry_after_is_honoured(self, make_cluster: Any, llm_server: ScriptedLLM) -> None:
         """A 429 with Retry-After delays the next attempt at least that long."""
         cluster = make_cluster(AGENTFARM_SWOT_RETRY_BACKOFF_S="0.1")
-        cluster.start_worker()
         # More 429s than crewai's own quick retries absorb within one attempt.
         llm_server.script(*[Reply(status=429, headers={"Retry-After": "3"})] * 10)
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Busy Corp"})
             retrying = await wait_until(api, task_id, lambda t: t["status"] == "retrying", timeout_s=60)
             final, _ = await wait_finished(api, task_id, ACME, timeout_s=90)
@@ -92,9 +94,8 @@ class TestRetries:
     ) -> None:
         """An LLM that always fails ends the task `failed` after its attempts, listed for operators to re-queue."""
         cluster = make_cluster(AGENTFARM_SWOT_MAX_ATTEMPTS="2", AGENTFARM_ADMIN_KEYS="operator-key-1")
-        cluster.start_worker()
         llm_server.script(*[Reply(status=500)] * 50)
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Broken Corp"})
             final, _ = await wait_finished(api, task_id, ACME)
             assert final["status"] == "failed" and final["attempt"] == 2
@@ -117,9 +118,8 @@ class TestRetries:
 
     async def test_auth_error_fails_at_once(self, cluster: Cluster, llm_server: ScriptedLLM) -> None:
         """A rejected LLM key is permanent: no second attempt, and the error says what to fix."""
-        cluster.start_worker()
         llm_server.script(*[Reply(status=401)] * 20)
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Keyless Corp"})
             final, _ = await wait_finished(api, task_id, ACME)
         assert final["status"] == "failed" and final["attempt"] == 1
@@ -133,9 +133,8 @@ class TestTimeLimits:
     ) -> None:
         """At the hard limit the task fails as timed out, and the crew's next LLM call never reaches the LLM."""
         cluster = make_cluster(AGENTFARM_SWOT_SOFT_TIMEOUT_S="2", AGENTFARM_SWOT_TIMEOUT_S="2")
-        cluster.start_worker()
         llm_server.default_delay_s = 3.0  # the first call is still in flight at the limit
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Slow Corp"})
             final, _ = await wait_finished(api, task_id, ACME)
             assert final["status"] == "failed" and final["error"]["type"] == "timeout"
@@ -147,9 +146,8 @@ class TestTimeLimits:
     async def test_soft_timeout_stops_the_crew_between_calls(self, make_cluster: Any, llm_server: ScriptedLLM) -> None:
         """At the soft limit the crew stops before its next LLM call and the task fails as timed out."""
         cluster = make_cluster(AGENTFARM_SWOT_SOFT_TIMEOUT_S="0.5", AGENTFARM_SWOT_TIMEOUT_S="30")
-        cluster.start_worker()
         llm_server.default_delay_s = 1.0
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Dawdle Corp"})
             final, _ = await wait_finished(api, task_id, ACME)
         assert final["status"] == "failed" and final["error"]["type"] == "timeout"
@@ -160,9 +158,8 @@ class TestTimeLimits:
 class TestCancellation:
     async def test_cancel_running_task_stops_its_llm_calls(self, cluster: Cluster, llm_server: ScriptedLLM) -> None:
         """Cancelling a running task makes it `cancelled` at once, and its crew makes no further LLM calls."""
-        cluster.start_worker()
         llm_server.default_delay_s = 1.0
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "research", {"topic": "cancellable topic", "depth": "comprehensive"})
             await wait_until(api, task_id, lambda t: t["status"] == "running" and t["progress"] > 5)
             response = await api.post(f"/v1/tasks/{task_id}/cancel", headers=ACME)
@@ -182,16 +179,15 @@ class TestCancellation:
             task_id = await submit(api, "swot", {"company": "Never Corp"})
             response = await api.post(f"/v1/tasks/{task_id}/cancel", headers=ACME)
             assert response.status_code == 200 and response.json()["status"] == "cancelled"
-            cluster.start_worker()
-            other = await submit(api, "swot", {"company": "Later Corp"})
-            await wait_finished(api, other, ACME)
+            async with cluster.worker_in_process():
+                other = await submit(api, "swot", {"company": "Later Corp"})
+                await wait_finished(api, other, ACME)
             assert (await get(api, task_id))["status"] == "cancelled"
         assert llm_server.received(containing="Never Corp") == []
 
     async def test_cancel_of_finished_task_is_409(self, cluster: Cluster) -> None:
         """A completed task cannot be cancelled."""
-        cluster.start_worker()
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, "swot", {"company": "Done Corp"})
             await wait_finished(api, task_id, ACME)
             response = await api.post(f"/v1/tasks/{task_id}/cancel", headers=ACME)

@@ -209,8 +209,7 @@ class TestSsrf:
             f"http://localhost:{port}/redirect?to={page_server.url('en_charging')}",
         ]
         cluster = make_cluster(AGENTFARM_SEARCH_BACKEND="searxng", AGENTFARM_SEARCH_URL=search_server.base_url)
-        cluster.start_worker()
-        async with cluster.api() as api:
+        async with cluster.worker_in_process(), cluster.api() as api:
             task_id = await submit(api, {"topic": "solid-state batteries", "depth": "basic"})
             final, _ = await wait_finished(api, task_id, ACME, timeout_s=60)
         assert final["status"] == "failed"
