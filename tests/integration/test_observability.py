@@ -185,7 +185,14 @@ class TestCollectorDown:
         """With the OTLP endpoint unreachable, tasks are accepted and completed as usual."""
         llm_server.reset()
         dead = f"http://127.0.0.1:{free_port()}"
-        cluster = Cluster(tmp_path, llm_server, OTEL_EXPORTER_OTLP_ENDPOINT=dead, OTEL_BSP_SCHEDULE_DELAY="100")
+        # A 1 s export timeout (the SDK's default is 10 s) so the processes' final flushes give up quickly.
+        cluster = Cluster(
+            tmp_path,
+            llm_server,
+            OTEL_EXPORTER_OTLP_ENDPOINT=dead,
+            OTEL_BSP_SCHEDULE_DELAY="100",
+            OTEL_EXPORTER_OTLP_TIMEOUT="1",
+        )
         api = ApiProcess(cluster.env, tmp_path / "api.log")
         try:
             cluster.start_worker()
