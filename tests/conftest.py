@@ -94,6 +94,12 @@ def service_env(redis_url: str, llm: ScriptedLLM | None, **extra: str) -> dict[s
     return env
 
 
+def worker_registered(client: Redis, pid: int) -> bool:
+    """Whether the worker with this pid has registered in Redis (its queues' worker sets)."""
+    members = [m.decode() for k in client.keys("agentfarm:workers:*") for m in client.zrange(k, 0, -1)]
+    return any(m.split(":")[1] == str(pid) for m in members)
+
+
 class WorkerProcess:
     """``agentfarm worker`` as a real child process."""
 
@@ -111,8 +117,7 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            members = [m.decode() for k in client.keys("agentfarm:workers:*") for m in client.zrange(k, 0, -1)]
-            if any(m.split(":")[1] == str(self.process.pid) for m in members):
+            if worker_registered(client, self.process.pid):
                 client.close()
                 return
             time.sleep(0.1)

@@ -17,7 +17,7 @@ from jobs.models import Task
 from jobs.settings import Settings, load_settings
 from jobs.store import task_key
 from service.app import create_app
-from tests.conftest import WorkerProcess, service_env
+from tests.conftest import WorkerProcess, service_env, worker_registered
 from tests.support.llm_server import ScriptedLLM
 from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer
@@ -47,18 +47,15 @@ class Cluster:
     @asynccontextmanager
     async def worker_in_process(self, *queues: Queue) -> AsyncIterator[None]:
         """The worker's own ``serve`` on this test's event loop, for execution behaviour where the process
-        is not the point: no interpreter start or crewai import (seconds of CPU each) and no start-up wait."""
+        is not the point: no interpreter start or crewai import (seconds of CPU each per worker process)."""
         from jobs.worker.process import serve  # noqa: PLC0415 - worker-only code, imported where a test asks
 
         running = asyncio.ensure_future(serve(self.settings, queues or QUEUES, handle_signals=False))
         redis = Redis.from_url(self.redis.url)
 
-        def registered() -> bool:
-            members = [m.decode() for k in redis.keys("agentfarm:workers:*") for m in redis.zrange(k, 0, -1)]
-            return running.done() or any(m.split(":")[1] == str(os.getpid()) for m in members)
-
         try:
-            assert await eventually(registered, timeout_s=30), "the in-process worker did not register"
+            started = await eventually(lambda: running.done() or worker_registered(redis, os.getpid()), timeout_s=30)
+            assert started, "the in-process worker did not register"
             if running.done():
                 running.result()  # it failed to start: say why
             yield
