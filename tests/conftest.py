@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import hypothesis
 import pytest
 from litestar.testing import AsyncTestClient
 from redis import Redis
@@ -18,6 +17,7 @@ from redis import Redis
 from jobs.kinds import KINDS
 from jobs.settings import Settings, load_settings
 from service.app import create_app
+from tests.support.forked import CliProcess
 from tests.support.llm_server import ScriptedLLM
 from tests.support.page_server import PageServer
 from tests.support.redis_server import RedisServer, free_port
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from tests.support.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The API fuzzer's long run, by choice (``--hypothesis-profile=thorough``); the default profile
+# keeps Hypothesis's 100 examples per operation.
+hypothesis.settings.register_profile("thorough", max_examples=2000)
 ACME_KEY = "acme-test-key-0001"
 BETA_KEY = "beta-test-key-0002"
 SCRIPTED_MODEL = "openai/scripted-model"
@@ -101,15 +105,14 @@ def worker_registered(client: Redis, pid: int) -> bool:
 
 
 class WorkerProcess:
-    """``agentfarm worker`` as a real child process."""
+    """``agentfarm worker`` as a real process of its own (forked from a template that has imported it)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *queues: str) -> None:
-        args = [sys.executable, "-m", "service.cli", "worker"]
+        args = ["worker"]
         for queue in queues:
             args += ["--queue", queue]
         self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = CliProcess(args, env, log_path, ROOT)
 
     def wait_started(self, redis_url: str, timeout_s: float = 60) -> None:
         client = Redis.from_url(redis_url)
@@ -132,28 +135,23 @@ class WorkerProcess:
             self.process.terminate()
             try:
                 self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
+            except TimeoutError:
                 self.process.kill()
-        self._log.close()
+                self.process.wait(timeout=10)
 
 
 class ApiProcess:
-    """``agentfarm serve`` as a real child process."""
+    """``agentfarm serve`` as a real process of its own (forked like ``WorkerProcess``)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *args: str, port: int | None = None) -> None:
         self.port = port or free_port()
         self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), *args],
-            env=env,
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = CliProcess(["serve", "--port", str(self.port), *args], env, log_path, ROOT)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"API exited: {log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
                     return
@@ -165,7 +163,6 @@ class ApiProcess:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
-        self._log.close()
 
 
 @pytest.fixture(scope="session")
