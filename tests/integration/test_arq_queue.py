@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +13,9 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from jobs import queue
 from jobs.connections import redis_client
 from jobs.models import Task
-from jobs.settings import Settings
+from jobs.settings import load_settings
+from tests.conftest import service_env
+from tests.support.redis_server import RedisServer
 
 
 def _task(task_id: str) -> Task:
@@ -20,8 +23,18 @@ def _task(task_id: str) -> Task:
     return Task(id=task_id, kind="research", tenant="acme", params={}, created_at=now, updated_at=now)
 
 
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of this module's own: a worker process another test started must not take its jobs."""
+    server = RedisServer(appendonly=False)
+    server.start()
+    yield server
+    server.close()
+
+
 @pytest.fixture
-async def pool(settings: Settings) -> object:
+async def pool(private_redis: RedisServer) -> object:
+    settings = load_settings(service_env(private_redis.url, None), env_file=None)
     client = redis_client(settings.redis)
     await client.delete(queue.queue_key("research"))
     yield client

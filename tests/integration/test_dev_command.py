@@ -92,65 +92,81 @@ def listening() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+class RunningDev:
+    """One `agentfarm dev` started from nothing in an empty folder, and its banner."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.api_port, self.redis_port = free_port(), free_port()
+        self.process = start_dev(folder, self.api_port, self.redis_port, clean_env())
+        self.lines = read_banner(self.process)
+
+
+@pytest.fixture(scope="class")
+def running_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDev]:
+    """Shared by the tests that only use a running `agentfarm dev`; stopping it is tested on its own below."""
+    dev = RunningDev(tmp_path_factory.mktemp("dev"))
+    yield dev
+    ctrl_c(dev.process)
+
+
 class TestDevCommand:
-    def test_dev_runs_a_task_to_a_readable_report_and_stops_cleanly(self, tmp_path: Path) -> None:
-        """From nothing, `agentfarm dev` prints a working key; a task completes on the demo model; Ctrl-C stops all."""
-        api_port, redis_port = free_port(), free_port()
-        process = start_dev(tmp_path, api_port, redis_port, clean_env())
-        try:
-            lines = read_banner(process)
-            key = banner_value(lines, "API key")
-            headers = {"Authorization": f"Bearer {key}"}
-            with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=10) as client:
-                created = client.post("/v1/tasks/research", json={"topic": "solid-state batteries", "language": "ru"})
-                assert created.status_code == 202, created.text
-                task_id = created.json()["id"]
-                deadline = time.monotonic() + 60
-                while (task := client.get(f"/v1/tasks/{task_id}").json())["status"] not in {"completed", "failed"}:
-                    assert time.monotonic() < deadline, task
-                    time.sleep(0.2)
-                assert task["status"] == "completed", task["error"]
-                assert task["usage"]["model"] == "agentfarm-demo-offline"
-                assert task["usage"]["llm_calls"] == 3
-                report = client.get(f"/v1/tasks/{task_id}/report")
-                assert report.status_code == 200
-                assert report.text.startswith("# solid-state batteries")
-                assert re.search("[а-яА-Я]{5,}", report.text), "a ru report is written in Russian"
-            assert (tmp_path / ".run" / "dev-api-key").read_text().strip() == key
-        finally:
-            output = ctrl_c(process)
-        assert process.returncode == 0, output
-        assert not port_open(api_port) and not port_open(redis_port)
+    def test_dev_runs_a_task_to_a_readable_report(self, running_dev: RunningDev) -> None:
+        """From nothing, `agentfarm dev` prints a working key and a task completes on the demo model."""
+        lines = running_dev.lines
+        key = banner_value(lines, "API key")
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{running_dev.api_port}", headers=headers, timeout=10) as client:
+            created = client.post("/v1/tasks/research", json={"topic": "solid-state batteries", "language": "ru"})
+            assert created.status_code == 202, created.text
+            task_id = created.json()["id"]
+            deadline = time.monotonic() + 60
+            while (task := client.get(f"/v1/tasks/{task_id}").json())["status"] not in {"completed", "failed"}:
+                assert time.monotonic() < deadline, task
+                time.sleep(0.2)
+            assert task["status"] == "completed", task["error"]
+            assert task["usage"]["model"] == "agentfarm-demo-offline"
+            assert task["usage"]["llm_calls"] == 3
+            report = client.get(f"/v1/tasks/{task_id}/report")
+            assert report.status_code == 200
+            assert report.text.startswith("# solid-state batteries")
+            assert re.search("[а-яА-Я]{5,}", report.text), "a ru report is written in Russian"
+        assert (running_dev.folder / ".run" / "dev-api-key").read_text().strip() == key
         assert "agentfarm-demo-offline" in "".join(lines)
 
-    def test_banner_comes_once_everything_is_ready_and_its_commands_work_as_printed(self, tmp_path: Path) -> None:
+    def test_banner_comes_once_everything_is_ready_and_its_commands_work_as_printed(
+        self, running_dev: RunningDev
+    ) -> None:
         """The banner follows the worker's start; its export, submit, dlq and curl lines work pasted into a shell."""
-        api_port, redis_port = free_port(), free_port()
-        process = start_dev(tmp_path, api_port, redis_port, clean_env())
-        try:
-            lines = read_banner(process)
-            text = "".join(lines)
-            assert text.index("worker_started") < text.index("API key"), "the banner comes after the worker is up"
-            assert text.count("API key") == 1
-            export = next(line.strip() for line in lines if line.strip().startswith("export "))
-            assert f"AGENTFARM_REDIS_URL=redis://127.0.0.1:{redis_port}/0" in export
-            commands = [line.strip() for line in lines if re.search(r"(agentfarm|service\.cli) (submit|dlq)", line)]
-            curl = next(line.strip() for line in lines if line.strip().startswith("curl "))
-            shell_env = clean_env(PATH="/usr/bin:/bin")  # no venv on PATH: the lines must not rely on it
-            for command in [*commands, curl]:
-                done = subprocess.run(
-                    ["bash", "-c", f"{export}; {command} && echo OK"],
-                    cwd=tmp_path,
-                    env=shell_env,
-                    capture_output=True,
-                    text=True,
-                    timeout=90,
-                    check=False,
-                )
-                assert done.returncode == 0 and "OK" in done.stdout, (command, done.stdout, done.stderr)
-            assert "[]" in done.stdout, "the operator key opens the dead-letter endpoint"
-        finally:
-            ctrl_c(process)
+        lines = running_dev.lines
+        text = "".join(lines)
+        assert text.index("worker_started") < text.index("API key"), "the banner comes after the worker is up"
+        assert text.count("API key") == 1
+        export = next(line.strip() for line in lines if line.strip().startswith("export "))
+        assert f"AGENTFARM_REDIS_URL=redis://127.0.0.1:{running_dev.redis_port}/0" in export
+        commands = [line.strip() for line in lines if re.search(r"(agentfarm|service\.cli) (submit|dlq)", line)]
+        curl = next(line.strip() for line in lines if line.strip().startswith("curl "))
+        shell_env = clean_env(PATH="/usr/bin:/bin")  # no venv on PATH: the lines must not rely on it
+        for command in [*commands, curl]:
+            done = subprocess.run(
+                ["bash", "-c", f"{export}; {command} && echo OK"],
+                cwd=running_dev.folder,
+                env=shell_env,
+                capture_output=True,
+                text=True,
+                timeout=90,
+                check=False,
+            )
+            assert done.returncode == 0 and "OK" in done.stdout, (command, done.stdout, done.stderr)
+        assert "[]" in done.stdout, "the operator key opens the dead-letter endpoint"
+
+    def test_second_copy_in_the_same_folder_is_one_line(self, running_dev: RunningDev) -> None:
+        """While one `agentfarm dev` runs, a second one in its folder says so in one line, whatever its ports."""
+        second = run_dev_once(running_dev.folder, "--port", str(free_port()), "--redis-port", str(free_port()))
+        assert second.returncode == 1
+        assert second.stdout == "" and len(second.stderr.splitlines()) == 1, second.stderr
+        assert "already running in this folder" in second.stderr
+        assert running_dev.process.poll() is None, "the first copy runs on"
 
     def test_ctrl_c_stops_api_and_worker_once_then_redis_and_says_little(
         self, tmp_path: Path, llm_server: ScriptedLLM
@@ -207,18 +223,6 @@ class TestDevCommand:
         finally:
             redis.terminate()
             redis.wait(timeout=10)
-
-    def test_second_copy_in_the_same_folder_is_one_line(self, tmp_path: Path) -> None:
-        """While one `agentfarm dev` runs, a second one in its folder says so in one line, whatever its ports."""
-        first = start_dev(tmp_path, free_port(), free_port(), clean_env())
-        try:
-            read_banner(first)
-            second = run_dev_once(tmp_path, "--port", str(free_port()), "--redis-port", str(free_port()))
-        finally:
-            ctrl_c(first)
-        assert second.returncode == 1
-        assert second.stdout == "" and len(second.stderr.splitlines()) == 1, second.stderr
-        assert "already running in this folder" in second.stderr
 
     def test_busy_api_port_is_one_line_saying_how_to_choose_another(self, tmp_path: Path, listening: int) -> None:
         """A busy API port: one line naming it and the option (or make variable) that picks another."""
