@@ -1,4 +1,4 @@
-"""crewai's ``AgentExecutor`` with its per-task start-up cost taken out.
+"""crewai's ``AgentExecutor`` with its per-task start-up and per-step costs taken out.
 
 crewai runs every agent task as a small Flow, and two things in starting one
 dominated the worker's CPU per job (py-spy over a B3 drain, docs/benchmarks.md):
@@ -9,7 +9,14 @@ dominated the worker's CPU per job (py-spy over a B3 drain, docs/benchmarks.md):
   never differs, so it is built once here.
 - ``Flow.kickoff`` runs ``asyncio.run`` per agent task: a new event loop,
   selector, self-pipe and default thread pool each time, shut down again at the
-  end. Here each crew thread keeps one loop (and so one pool) for its life.
+  end. Here each crew thread keeps one loop for its life.
+- Every synchronous flow step goes through ``asyncio.to_thread``: a hop to a
+  pool thread and back, several per LLM call. On the crew thread's own loop the
+  step runs inline (``InlineExecutor``).
+- crewai's own event-bus listeners (its console output, off with
+  ``verbose=False``, and its telemetry, off by environment) still cost a thread
+  pool hand-off per event: ``crewai_listeners_off`` unregisters them while a
+  worker serves, through the bus's own ``scoped_handlers``.
 
 Both are overrides of crewai internals (``_create_initial_state``, the body of
 ``kickoff``), fenced by ``tests/unit/test_crewai_contract.py``: if an upgrade
@@ -22,6 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from crewai.agents.agent_executor import AgentExecutor, AgentExecutorState
@@ -38,11 +48,33 @@ class ExecutorState(FlowState, AgentExecutorState):
 _threads = threading.local()
 
 
+class InlineExecutor(ThreadPoolExecutor):
+    """A crew thread loop's default executor: runs what it is given at once, in the calling thread.
+
+    crewai runs every synchronous flow step through ``asyncio.to_thread``: a hop to
+    another thread and back for each step, several per LLM call. On a loop that
+    belongs to one crew thread, and that has nothing else to do while a step runs,
+    the hop buys nothing; the step runs here instead (its exceptions, ``CrewStopped``
+    included, reach the awaiting flow unchanged).
+    """
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting flow, as a pool thread would
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        return future
+
+
 def thread_loop() -> asyncio.AbstractEventLoop:
     """This thread's own event loop for crewai's flows, created on first use."""
     loop: asyncio.AbstractEventLoop | None = getattr(_threads, "loop", None)
     if loop is None or loop.is_closed():
         loop = asyncio.new_event_loop()
+        loop.set_default_executor(InlineExecutor())
         _threads.loop = loop
     return loop
 
@@ -85,3 +117,18 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
     for task in pending:
         task.cancel()
     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
+@contextmanager
+def crewai_listeners_off() -> Iterator[None]:
+    """While this runs, crewai's own event-bus listeners are unregistered (and restored after).
+
+    They draw crewai's console output (we run crews with ``verbose=False``, so
+    they draw nothing) and send crewai's telemetry (turned off in
+    ``crews/__init__.py``), yet each event still cost a hand-off to the bus's
+    thread pool: ≈ 15 % of a crew's CPU. Nothing of ours listens on the bus
+    (progress, usage and spans come from crewai's LLM-call hooks), so a worker
+    serves inside this.
+    """
+    with crewai_event_bus.scoped_handlers():
+        yield

@@ -148,7 +148,7 @@ class TaskStore:
                         after = msgspec.structs.replace(after, seq=appended[-1].seq)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, _encoder.encode(after), keepttl=True)
-                    self._append(pipe, task_id, appended)
+                    self._append(pipe, task_id, appended, ends=after.finished and not before.finished)
                     if after.finished and not before.finished and after.webhook_url:
                         webhooks.schedule(pipe, after, self.ttl_s)  # durable with the state that calls for it
                     if also is not None:
@@ -158,14 +158,16 @@ class TaskStore:
                     continue  # someone else wrote the task meanwhile: re-read and re-apply
                 return after
 
-    def _append(self, pipe: Pipeline, task_id: str, appended: list[TaskEvent]) -> None:
+    def _append(self, pipe: Pipeline, task_id: str, appended: list[TaskEvent], *, ends: bool) -> None:
         if not appended:
             return
         stream = events.events_key(task_id)
         for event in appended:
             pipe.xadd(stream, {"e": events.encode(event)}, id=events.entry_id(event.seq))
-        # The log expires with its task (set at create; NX keeps that, and covers tasks older than the log).
-        pipe.expire(stream, self.ttl_s, nx=True)
+        # The log expires with its task: its TTL is set at create and XADD keeps it. The write that ends
+        # the task makes sure (NX keeps a TTL already set), so a log that lost its TTL cannot outlive it.
+        if ends:
+            pipe.expire(stream, self.ttl_s, nx=True)
 
     async def events_after(self, task_id: str, seq: int, count: int = 500) -> list[TaskEvent]:
         """The task's events numbered above ``seq``, oldest first (at most ``count``)."""

@@ -15,6 +15,7 @@ import time
 import structlog
 from redis.exceptions import RedisError
 
+from crews.executor import crewai_listeners_off
 from jobs import queue as arq_queue
 from jobs.kinds import KINDS, Queue
 from jobs.queue import Worker
@@ -135,7 +136,8 @@ async def serve(
         lease_s=settings.worker.lease_s,
     )
     try:
-        await asyncio.gather(*(supervisor.run_queue(q) for q in queues))
+        with crewai_listeners_off():  # nothing of ours listens; each event would cost a thread hand-off
+            await asyncio.gather(*(supervisor.run_queue(q) for q in queues))
     finally:
         supervisor.stopping = True
         arq_queue.cancel_running(supervisor.workers)

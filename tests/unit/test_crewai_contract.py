@@ -1,7 +1,9 @@
 """What crews/executor.py relies on in crewai: fails loudly when a crewai upgrade changes it.
 
 ``LeanAgentExecutor`` overrides two private pieces of crewai's ``AgentExecutor``
-(``_create_initial_state`` and the body of ``Flow.kickoff``). If a check here
+(``_create_initial_state`` and the body of ``Flow.kickoff``), runs flow steps
+inline where crewai hands them to ``asyncio.to_thread``, and a serving worker
+unregisters crewai's own event-bus listeners. If a check here
 fails after an upgrade, read the new crewai, then change ``crews/executor.py``
 (and only it) before changing this test.
 """
@@ -16,10 +18,11 @@ from typing import Any
 
 from crewai import Agent
 from crewai.agents.agent_executor import AgentExecutor, AgentExecutorState
+from crewai.events.event_bus import crewai_event_bus
 from crewai.flow.flow import Flow, FlowState
 
 from crews.demo_llm import DemoLLM
-from crews.executor import ExecutorState, LeanAgentExecutor, thread_loop
+from crews.executor import ExecutorState, InlineExecutor, LeanAgentExecutor, crewai_listeners_off, thread_loop
 from crews.llm import LLMConfig
 from crews.research.crew import CREW as RESEARCH
 from crews.research.crew import ResearchParams
@@ -30,8 +33,11 @@ from crews.runner import run_crew
 class _Quiet:
     def __init__(self) -> None:
         self.usage: Usage | None = None
+        self.call_threads: set[int] = set()
 
-    def before_llm_call(self) -> None: ...
+    def before_llm_call(self) -> None:
+        self.call_threads.add(threading.get_ident())
+
     def stop_point(self) -> None: ...
     def on_progress(self, progress: int, stage: str) -> None: ...
     def on_source(self, url: str, title: str) -> None: ...
@@ -69,6 +75,16 @@ class TestWhatTheOverridesReplace:
             inspect.signature(LeanAgentExecutor.kickoff).parameters
         )
         assert list(inspect.signature(Flow.kickoff_async).parameters)[:3] == ["self", "inputs", "input_files"]
+
+    def test_sync_flow_steps_go_through_the_loops_default_executor(self) -> None:
+        """``asyncio.to_thread`` (the loop's default executor) is where ``InlineExecutor`` takes the steps over."""
+        source = inspect.getsource(Flow._execute_method)
+        assert "await asyncio.to_thread(ctx.run, method, *args, **kwargs)" in source
+
+    def test_the_bus_scopes_handlers_and_crewai_registers_its_listeners_on_it(self) -> None:
+        """``crewai_listeners_off`` relies on ``scoped_handlers`` unregistering what is there and restoring it."""
+        assert sum(len(h) for h in crewai_event_bus._sync_handlers.values()) > 0  # crewai's EventListener
+        assert "self.off(event_type, sync_handler)" in inspect.getsource(type(crewai_event_bus).scoped_handlers)
 
     def test_agents_take_the_executor_class(self) -> None:
         agent = Agent(
@@ -109,3 +125,43 @@ class TestTheLeanExecutor:
         thread.start()
         thread.join(timeout=60)
         assert loops and loops[0] is not thread_loop()
+
+
+class TestInlineStepsAndQuietBus:
+    def test_a_crews_llm_calls_run_on_its_own_thread(self) -> None:
+        """Flow steps run inline: every LLM call of a crew happens on the thread that runs the crew."""
+        observer = _Quiet()
+        params = ResearchParams(topic="Inline steps", depth="basic")
+        thread = threading.Thread(target=lambda: run_crew(RESEARCH, params, LLMConfig(), observer))
+        thread.start()
+        thread.join(timeout=60)
+        assert observer.call_threads == {thread.ident}
+        assert observer.usage is not None and observer.usage.llm_calls == 2
+
+    def test_an_inline_step_hands_back_its_result_and_its_exception(self) -> None:
+        """What a step returns or raises (``CrewStopped`` is a ``BaseException``) reaches the awaiting flow."""
+
+        class Stop(BaseException):
+            pass
+
+        def fail() -> None:
+            raise Stop
+
+        executor = InlineExecutor()
+        assert executor.submit(lambda a, b: a + b, 2, b=3).result() == 5
+        raised = executor.submit(fail).exception()
+        assert isinstance(raised, Stop)
+
+    def test_listeners_are_off_while_serving_and_back_after(self) -> None:
+        """Inside ``crewai_listeners_off`` the bus has no handler, so an emit hands nothing to its pool."""
+
+        def count() -> int:
+            return sum(len(h) for h in crewai_event_bus._sync_handlers.values())
+
+        before = count()
+        with crewai_listeners_off():
+            assert count() == 0
+            title, usage = _run_basic()
+            assert title and usage is not None and usage.llm_calls == 2
+            assert count() == 0  # running a crew does not register them again
+        assert count() == before
