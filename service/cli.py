@@ -28,6 +28,7 @@ from jobs.kinds import KINDS, QUEUES, Queue
 from jobs.models import Status
 from jobs.settings import Settings, SettingsError, load_settings
 from service import client
+from service.children import own_session
 from service.client import ClientError, kind_arg, kinds_help, limit_arg
 
 if TYPE_CHECKING:
@@ -258,23 +259,6 @@ def _this_command() -> list[str]:
     return [sys.executable, "-m", "service.cli"]
 
 
-def _child_setup() -> Callable[[], None]:
-    """preexec_fn: a session of its own (a terminal's Ctrl-C reaches only the parent, which forwards it
-    once) and SIGTERM when the parent dies, so no child outlives a killed supervisor."""
-    prctl: Callable[[int, int], int] | None = None
-    if sys.platform == "linux":
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def setup() -> None:
-        os.setsid()
-        if prctl is not None:
-            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return setup
-
-
 def _exit_code(code: int) -> int:
     return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell reports it
 
@@ -316,7 +300,7 @@ class _Children:
 
     def start(self, command: list[str], env: dict[str, str]) -> None:
         # No threads run in this process, so preexec_fn is safe.
-        child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=_child_setup())  # noqa: PLW1509
+        child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=own_session())  # noqa: PLW1509
         self.processes.append(child)
 
     def forward(self, signum: int, frame: FrameType | None) -> None:

@@ -177,13 +177,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if name not in known:
             fail(f"{args.kind} has no field {name!r}; its fields: {', '.join(sorted(known))}", 2)
         body[name] = value
+    return submit_and_follow(args.kind, body, follow=args.watch, as_json=args.json)
+
+
+def submit_and_follow(kind: str, body: dict[str, Any], *, follow: bool, as_json: bool) -> int:
+    """POST one task of ``kind``; print its id (or the API's JSON), and with ``follow`` watch it to the end."""
     with client() as http:
-        task = request(http, "POST", f"/v1/tasks/{KINDS[args.kind].path}", json=body)
-        if args.watch:
-            if not args.json:
+        task = request(http, "POST", f"/v1/tasks/{KINDS[kind].path}", json=body)
+        if follow:
+            if not as_json:
                 print(task["id"], flush=True)
-            return watch(http, task["id"], as_json=args.json)
-    if args.json:
+            return watch(http, task["id"], as_json=as_json)
+    if as_json:
         print_json(task)
     else:
         print(task["id"])
@@ -446,17 +451,7 @@ def kind_commands(command: Any) -> None:
 def cmd_kind(args: argparse.Namespace) -> int:
     """Submit one task of ``args.kind`` from its options; with ``--wait``, follow it to the end."""
     body = {name: getattr(args, name) for name in args.body_fields if getattr(args, name) is not None}
-    with client() as http:
-        task = request(http, "POST", f"/v1/tasks/{KINDS[args.kind].path}", json=body)
-        if args.wait:
-            if not args.json:
-                print(task["id"], flush=True)
-            return watch(http, task["id"], as_json=args.json)
-    if args.json:
-        print_json(task)
-    else:
-        print(task["id"])
-    return 0
+    return submit_and_follow(args.kind, body, follow=args.wait, as_json=args.json)
 
 
 def _unwrap(info: msgspec.inspect.Type) -> msgspec.inspect.Type:

@@ -14,7 +14,6 @@ with SIGTERM (running tasks get the worker's grace period), then Redis last.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import os
 import secrets
@@ -25,7 +24,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -33,9 +31,9 @@ from typing import IO
 import httpx
 
 from jobs.settings import SettingsError, load_settings
+from service.children import own_session
 
 RUN_DIR = Path(".run")
-_PR_SET_PDEATHSIG = 1
 _held: list[IO[str]] = []  # the lock file, held (and locked) until this process exits
 
 
@@ -211,20 +209,6 @@ def _dev_secret(name: str) -> str:
     return path.read_text().strip()
 
 
-def _own_session() -> Callable[[], None]:
-    """preexec_fn: a new session (the terminal's Ctrl-C is ours alone) that ends if this process dies."""
-    prctl: Callable[[int, int], int] | None = None
-    if sys.platform == "linux":
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        os.setsid()
-        if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return preexec
-
-
 def _start(command: list[str], env: dict[str, str], output: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         command,
@@ -232,7 +216,7 @@ def _start(command: list[str], env: dict[str, str], output: IO[bytes] | None = N
         stdin=subprocess.DEVNULL,
         stdout=output,
         stderr=output,
-        preexec_fn=_own_session(),  # noqa: PLW1509 - no threads yet
+        preexec_fn=own_session(),  # noqa: PLW1509 - no threads yet
     )
 
 

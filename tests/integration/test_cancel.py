@@ -21,26 +21,13 @@ from tests.support.cluster import Cluster
 from tests.support.llm_server import ScriptedLLM
 from tests.support.polling import eventually, wait_finished
 from tests.support.redis_server import RedisServer
+from tests.support.tasks import get, submit
 
 pytestmark = pytest.mark.slow
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 
 LLM_LATENCY_S = 2.0
-
-
-async def submit(api: Client, path: str, body: dict[str, Any]) -> str:
-    response = await api.post(f"/v1/tasks/{path}", json=body, headers=ACME)
-    assert response.status_code == 202, response.text
-    task_id: str = response.json()["id"]
-    return task_id
-
-
-async def get(api: Client, task_id: str) -> dict[str, Any]:
-    response = await api.get(f"/v1/tasks/{task_id}", headers=ACME)
-    assert response.status_code == 200, response.text
-    task: dict[str, Any] = response.json()
-    return task
 
 
 async def usage_settles(api: Client, task_id: str, llm: ScriptedLLM, topic: str, timeout_s: float) -> dict[str, Any]:

@@ -17,12 +17,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from jobs.kinds import KINDS
 from service.client import kind_fields
-from tests.conftest import ROOT, service_env
+from tests.conftest import ROOT, ApiProcess, service_env
 from tests.support.llm_server import ScriptedLLM
 from tests.support.redis_server import RedisServer, free_port
 
@@ -47,26 +46,11 @@ def agentfarm(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def api_url(
     redis_server: RedisServer, llm_server: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """`agentfarm serve` as a subprocess, with a tenant of its own so listings hold only this module's tasks."""
-    port = free_port()
+    """`agentfarm serve` as a process of its own, with a tenant of its own so listings hold only this module's tasks."""
     env = service_env(redis_server.url, llm_server, AGENTFARM_API_KEYS=f"cli:{CLI_KEY}")
-    log = (tmp_path_factory.mktemp("api") / "api.log").open("wb")
-    process = subprocess.Popen(
-        [*AGENTFARM, "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None and time.monotonic() < deadline, "the API did not start"
-        try:
-            if httpx.get(f"{url}/health/live", timeout=1, trust_env=False).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
-    log.close()
+    api = ApiProcess(env, tmp_path_factory.mktemp("api") / "api.log")
+    yield api.url
+    api.stop()
 
 
 @pytest.fixture

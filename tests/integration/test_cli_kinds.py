@@ -6,7 +6,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,9 @@ import pytest
 from pypdf import PdfReader
 
 from jobs.kinds import KINDS
-from tests.conftest import ROOT, service_env
+from tests.conftest import ROOT, ApiProcess, service_env
 from tests.support.llm_server import ScriptedLLM
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer
 
 KEY = "cli-kinds-key-0004"
 AGENTFARM = [sys.executable, "-m", "service.cli"]
@@ -65,25 +64,11 @@ def agentfarm(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 def api_url(
     redis_server: RedisServer, llm_server: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """`agentfarm serve` as a subprocess, with a tenant of its own."""
-    port = free_port()
+    """`agentfarm serve` as a process of its own, with a tenant of its own."""
     env = service_env(redis_server.url, llm_server, AGENTFARM_API_KEYS=f"clikinds:{KEY}")
-    with (tmp_path_factory.mktemp("api") / "api.log").open("wb") as log:
-        process = subprocess.Popen(
-            [*AGENTFARM, "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, "the API did not start"
-            try:
-                if httpx.get(f"{url}/health/live", timeout=1, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield url
-        process.terminate()
-        process.wait(timeout=20)
+    api = ApiProcess(env, tmp_path_factory.mktemp("api") / "api.log")
+    yield api.url
+    api.stop()
 
 
 @pytest.fixture

@@ -21,24 +21,11 @@ from tests.conftest import ACME
 from tests.support.cluster import Cluster
 from tests.support.llm_server import Reply, ScriptedLLM
 from tests.support.polling import wait_finished
+from tests.support.tasks import get, submit
 
 pytestmark = pytest.mark.slow
 
 Client = AsyncTestClient  # type: ignore[type-arg]
-
-
-async def submit(api: Client, path: str, body: dict[str, Any], headers: dict[str, str] = ACME) -> str:
-    response = await api.post(f"/v1/tasks/{path}", json=body, headers=headers)
-    assert response.status_code == 202, response.text
-    task_id: str = response.json()["id"]
-    return task_id
-
-
-async def get(api: Client, task_id: str) -> dict[str, Any]:
-    response = await api.get(f"/v1/tasks/{task_id}", headers=ACME)
-    assert response.status_code == 200, response.text
-    task: dict[str, Any] = response.json()
-    return task
 
 
 async def wait_until(api: Client, task_id: str, predicate: Any, timeout_s: float = 30) -> dict[str, Any]:

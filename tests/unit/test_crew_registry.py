@@ -27,7 +27,8 @@ def sample(kind: Kind, **overrides: Any) -> Params:
     """A valid input of ``kind``, built from its own struct's required fields."""
     info = msgspec.inspect.type_info(kind.params)
     assert isinstance(info, msgspec.inspect.StructType)
-    values = {f.name: SAMPLE_TEXT[f.name] for f in info.fields if f.required}
+    # A new kind's required text field gets a made-up value: no list here to extend for it.
+    values = {f.name: SAMPLE_TEXT.get(f.name, f"a {f.name.replace('_', ' ')}") for f in info.fields if f.required}
     return kind.params(**values, **overrides)
 
 
