@@ -91,10 +91,10 @@ def _telemetry(service_name: str) -> Telemetry:
 
 
 def run_service(main: Coroutine[Any, Any, None]) -> None:
-    """Run a long-lived process's main coroutine on uvloop where it is installed (asyncio's own loop otherwise).
+    """Run the API's main coroutine on uvloop where it is installed (asyncio's own loop otherwise).
 
-    The API and the worker's main loop spend most of their CPU in the loop, sockets and
-    Redis replies: uvloop took ≈ 15 % off the API's CPU per submit (docs/benchmarks.md).
+    The API spends most of its CPU in the loop, sockets and Redis replies: uvloop took
+    ≈ 15 % off its CPU per submit under load (docs/benchmarks.md).
     """
     try:
         import uvloop  # not built for every platform (Windows)
@@ -179,7 +179,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     queues: tuple[Queue, ...] = tuple(dict.fromkeys(args.queue or QUEUES))
     try:
-        run_service(serve(settings, queues, burst=args.burst))
+        # asyncio's own loop: under uvloop the worker's loop took a larger share of its CPU
+        # (py-spy, 600-job drains: 24 % against 15 %) and drained no faster (docs/benchmarks.md).
+        asyncio.run(serve(settings, queues, burst=args.burst))
     finally:
         telemetry.shutdown()
     stuck = [t.name for t in threading.enumerate() if t.name.startswith("crew") and t.is_alive()]

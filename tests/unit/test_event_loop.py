@@ -1,4 +1,4 @@
-"""The API and the worker run their main loop on uvloop where it is installed (service.cli.run_service)."""
+"""The API runs its main loop on uvloop where it is installed (service.cli.run_service)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from service.cli import run_service
 
 class TestRunService:
     def test_the_main_coroutine_runs_on_uvloop(self) -> None:
-        """Long-lived processes get uvloop's loop (≈ 15 % less CPU per request, docs/benchmarks.md)."""
+        """The API gets uvloop's loop (≈ 15 % less CPU per request, docs/benchmarks.md)."""
         pytest.importorskip("uvloop")
         seen: list[str] = []
 
