@@ -122,7 +122,7 @@ async def live_and_finish(pool: QueueRedis, store: TaskStore, task: Task, result
         await store.update(task.id, lambda t, s=step: t.with_progress(s * 14, f"agent step {s}"))
     for page in range(5):
         source = SourceRead(url=f"https://example.org/articles/solid-state-{page}", title=f"Article {page}")
-        await store.update(task.id, lambda t: t, sources=(source,))
+        await store.update(task.id, lambda t: t, sources=lambda _t, read=(source,): read)
     usage = Usage(llm_calls=6, prompt_tokens=9_000, completion_tokens=2_400, model="openai/gpt-4o-mini")
     await store.update(task.id, lambda t: t.with_usage(usage, run_token=1))
     await store.update(task.id, lambda t: t.to("completed", "completed", result=result))
@@ -261,7 +261,8 @@ def crews(port: int, concurrencies: list[int]) -> None:
             keys = list(sync.scan_iter("agentfarm:task:*"))
             records = [msgspec.json.decode(raw, type=Task) for k in keys if (raw := sync.get(k))]
             done = [t for t in records if t.status == "completed"]
-            assert len(done) == jobs, f"{len(done)}/{jobs} completed"
+            others = [(t.status, t.reason, t.error and t.error.message) for t in records if t.status != "completed"]
+            assert len(done) == jobs, f"{len(done)}/{jobs} completed; the others: {others}"
             first = min(t.started_at for t in done if t.started_at)
             last = max(t.finished_at for t in done if t.finished_at)
             wall = (last - first).total_seconds()
