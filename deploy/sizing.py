@@ -122,7 +122,7 @@ async def live_and_finish(pool: QueueRedis, store: TaskStore, task: Task, result
         await store.update(task.id, lambda t, s=step: t.with_progress(s * 14, f"agent step {s}"))
     for page in range(5):
         source = SourceRead(url=f"https://example.org/articles/solid-state-{page}", title=f"Article {page}")
-        await store.update(task.id, lambda t: t, sources=lambda _t, read=(source,): read)
+        await store.update(task.id, lambda t: t, sources=lambda _t, s=source: (s,))
     usage = Usage(llm_calls=6, prompt_tokens=9_000, completion_tokens=2_400, model="openai/gpt-4o-mini")
     await store.update(task.id, lambda t: t.with_usage(usage, run_token=1))
     await store.update(task.id, lambda t: t.to("completed", "completed", result=result))

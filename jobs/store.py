@@ -147,9 +147,10 @@ class TaskStore:
                     if appended:
                         after = msgspec.structs.replace(after, seq=appended[-1].seq)
                     pipe.multi()  # type: ignore[no-untyped-call]
+                    ends = after.finished and not before.finished
                     pipe.set(key, _encoder.encode(after), keepttl=True)
-                    self._append(pipe, task_id, appended, ends=after.finished and not before.finished)
-                    if after.finished and not before.finished and after.webhook_url:
+                    self._append(pipe, task_id, appended, ends=ends)
+                    if ends and after.webhook_url:
                         webhooks.schedule(pipe, after, self.ttl_s)  # durable with the state that calls for it
                     if also is not None:
                         also(pipe, after)
